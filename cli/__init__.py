@@ -1,0 +1,1 @@
+"""The ``cnn-explain`` command line: thin Typer commands over the ``explain`` library."""

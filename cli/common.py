@@ -1,0 +1,179 @@
+"""What every command shares: option types, model loading from options, input collection, progress, output.
+
+Commands parse options, call the library, print, and map exceptions to exit codes:
+0 success; 1 some inputs failed but others succeeded; 2 bad usage or nothing could be done.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from explain.errors import ExplainError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.images import ImageFile
+    from explain.manifest import Manifest
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+# --- option types -----------------------------------------------------------------------------------------
+ImagesArg = Annotated[list[str], typer.Argument(help="Image files and/or folders (walked recursively, sorted).",
+                                                show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Backbone name; 'cnn-explain models' lists them.")]
+WeightsOpt = Annotated[str | None, typer.Option(
+    help="Torchvision weights name (e.g. IMAGENET1K_V2, DEFAULT), 'none' for random weights, or a checkpoint "
+         "file. Default: the model's own (packaged for the embedded model).", show_default=False)]
+ClassesOpt = Annotated[Path | None, typer.Option(help="File with one class name per line (custom models).",
+                                                 show_default=False)]
+NumClassesOpt = Annotated[int | None, typer.Option(help="Number of classes of a checkpoint / random model.",
+                                                   show_default=False)]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-checkpoint", help="Allow a pickled checkpoint that runs code when loaded. Only for files you trust.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps (an unavailable device is an error).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+WorkersOpt = Annotated[int, typer.Option(min=0, help="Processes decoding images in parallel with the model.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (random weights, sampling).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no informational output.")]
+
+
+@dataclass
+class ModelOptions:
+    """The model-related options of a command."""
+
+    model: str
+    weights: str | None = None
+    classes: Path | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    device: str = "auto"
+    seed: int = 0
+
+    def load(self) -> tuple[Backbone, Any]:
+        """Load the backbone and move it to the resolved device: ``(backbone, torch.device)``."""
+        import torch
+
+        from explain.backbones import load_backbone
+        from explain.device import resolve_device
+
+        torch.manual_seed(self.seed)
+        device = resolve_device(self.device)
+        backbone = load_backbone(self.model, self.weights, num_classes=self.num_classes, classes=self.classes,
+                                 trust_checkpoint=self.trust_checkpoint)
+        backbone.model.to(device)
+        return backbone, device
+
+
+# --- speaking to the user ---------------------------------------------------------------------------------
+def stderr_line(message: str) -> None:
+    """One line on stderr."""
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` and return the exit to raise."""
+    stderr_line(f"error: {message}")
+    return typer.Exit(code)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn library exceptions into one clear line and exit code 2; never show a traceback for a user mistake.
+
+    Unexpected exceptions also become one line (with the exception type); set ``CNN_EXPLAIN_DEBUG=1`` to see the
+    traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except InputError as exc:
+            raise fail(str(exc)) from None
+        except ExplainError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except MemoryError:
+            raise fail("out of memory: try a smaller --batch-size") from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of the CLI
+            if os.environ.get("CNN_EXPLAIN_DEBUG"):
+                raise
+            raise fail(f"unexpected {type(exc).__name__}: {exc} (set CNN_EXPLAIN_DEBUG=1 for the traceback)") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def collect_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[InputError]]:
+    """Find the image files among ``inputs``; fail with exit 2 when there is nothing to work on."""
+    from explain.images import find_images
+
+    files, errors = find_images(inputs)
+    if not files and not errors:
+        raise UsageError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .webp .bmp .tif .gif)")
+    return files, errors
+
+
+def report_errors(errors: Sequence[dict[str, str]]) -> None:
+    """One stderr line per failed input."""
+    for err in errors:
+        stderr_line(f"skipped {err['input']}: {err['error']}")
+
+
+def exit_code(n_ok: int, n_failed: int) -> int:
+    """0 if everything worked, 1 if some inputs failed, 2 if nothing could be done."""
+    if n_failed == 0:
+        return EXIT_OK
+    return EXIT_PARTIAL if n_ok > 0 else EXIT_USAGE
+
+
+def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> None:
+    """Write the manifest (last), print it with ``--json``, report failed inputs, and exit with the right code."""
+    if out is not None:
+        manifest.save(out)
+    if as_json:
+        sys.stdout.write(manifest.to_json() + "\n")
+    report_errors(manifest.errors)
+    code = exit_code(n_ok, len(manifest.errors))
+    if code:
+        raise typer.Exit(code)
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@contextmanager
+def progress_bar(total: int, description: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (silent with ``--quiet`` or when stderr is not a terminal).
+
+    Yields:
+        ``advance(n)``: mark ``n`` more inputs as done.
+    """
+    if quiet or not sys.stderr.isatty() or total <= 1:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

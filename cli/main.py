@@ -1,0 +1,49 @@
+"""Entry point of the ``cnn-explain`` console script."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import model_commands, predict_command
+
+app = typer.Typer(
+    name="cnn-explain",
+    help="See what convolutional networks see: predictions, class activation maps, guided backprop, "
+         "feature visualisation and dataset audits. Works offline with the embedded EfficientNet-Lite0.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from explain import __version__
+
+        typer.echo(f"cnn-explain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """See what convolutional networks see."""
+
+
+app.command("models")(model_commands.models)
+app.command("layers")(model_commands.layers)
+app.command("predict")(predict_command.predict)
+
+
+def main() -> None:
+    """Run the app (console-script entry point)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

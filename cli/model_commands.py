@@ -1,0 +1,95 @@
+"""``cnn-explain models`` and ``cnn-explain layers``: what models there are and what is inside one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    ClassesOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, SeedOpt, TrustOpt, WeightsOpt, console,
+    handle_errors,
+)
+
+
+@handle_errors
+def models(
+    json_: JsonOpt = False,
+    family: Annotated[str | None, typer.Option(help="Only this family: embedded or torchvision.",
+                                               show_default=False)] = None,
+) -> None:
+    """List backbones and whether their weights are available offline."""
+    from explain.backbones import list_backbones
+
+    rows = []
+    for spec in list_backbones():
+        if family and spec.family != family:
+            continue
+        ok, detail = spec.available()
+        rows.append({"name": spec.name, "family": spec.family, "offline": ok, "weights": detail,
+                     "description": spec.description})
+    if json_:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("model", "family", "offline", "weights"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row["family"], "yes" if row["offline"] else "no", row["weights"])
+    console().print(table)
+    console().print("Any model also runs with --weights none (random) or --weights FILE (your checkpoint).")
+
+
+@handle_errors
+def layers(
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    size: Annotated[int | None, typer.Option(min=1, help="Input side in pixels (default: the model's).",
+                                             show_default=False)] = None,
+    leaves: Annotated[bool, typer.Option("--leaves", help="Only modules without children.")] = False,
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
+    from explain.layers import layer_table
+
+    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed).load()
+    hw = (size, size) if size else backbone.input_size
+    table_rows = layer_table(backbone.model, hw)
+    if leaves:
+        names = {n for n, m in backbone.model.named_modules() if n and not any(True for _ in m.children())}
+        table_rows = [r for r in table_rows if r.name in names]
+    if json_:
+        payload = {"model": backbone.name, "input_size": list(hw), "default_layer": backbone.default_layer,
+                   "feature_layer": backbone.feature_layer, "layers": [r.as_dict() for r in table_rows]}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    def pair(v: object) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, tuple) and len(v) == 2 and v[0] == v[1]:
+            v = v[0]
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, tuple):
+            return "x".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+        return str(v)
+
+    table = Table(title=f"{backbone.name} at {hw[0]}x{hw[1]}  (default CAM layer: {backbone.default_layer}; "
+                        f"features: {backbone.feature_layer})", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("layer", "type", "output (CxHxW)", "kernel", "stride", "padding", "RF", "jump", "params"):
+        table.add_column(col, justify="right" if col in ("RF", "jump", "params") else "left")
+    for r in table_rows:
+        shape = "x".join(str(d) for d in r.output_shape) if r.output_shape else ""
+        table.add_row(r.name, r.type, shape, pair(r.kernel), pair(r.stride), pair(r.padding),
+                      pair(r.receptive_field), pair(r.jump), f"{r.params:,}")
+    console().print(table)

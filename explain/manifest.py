@@ -1,0 +1,137 @@
+"""Output folders: atomic writes and the ``manifest.json`` that lists every output of a run.
+
+A manifest is written last, so its presence means the run completed. Scripts find outputs through it, never by
+guessing file names. Schema (version 1) in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+SCHEMA_VERSION = 1
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through a temporary file in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return _atomic(path, lambda h: h.write(data))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_npy(path: Path, array: Any) -> Path:
+    """Atomically save a NumPy array (float arrays as float32) to ``path``."""
+    import numpy as np
+
+    arr = np.asarray(array)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    return _atomic(path, lambda h: np.save(h, arr, allow_pickle=False))
+
+
+def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
+    """Atomically save a matplotlib figure; the format comes from the file suffix (png, svg, pdf)."""
+    fmt = path.suffix.lstrip(".").lower()
+    return _atomic(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, bbox_inches="tight"))
+
+
+def tool_record() -> dict[str, Any]:
+    """Name and versions of the tool and the libraries that shape its results."""
+    from importlib import metadata
+
+    from explain import __version__
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "numpy", "pillow", "captum"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"name": "cnn-explain", "version": __version__, "versions": versions}
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Manifest:
+    """What a run did: its items (one per input and target), the per-input errors and the outputs.
+
+    Attributes:
+        command: the CLI command (``predict``, ``cam`` ...).
+        argv: the command line, for reproduction.
+        model: the backbone's manifest record, or ``None`` for commands without a model.
+        items: one dict per result; ``outputs`` maps roles to paths relative to the output folder.
+        errors: ``{"input": ..., "error": ...}`` for every input that failed.
+        warnings: run-level warnings.
+        extra: command-specific run-level fields.
+    """
+
+    command: str
+    argv: Sequence[str] = ()
+    model: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=utc_now)
+
+    def add_error(self, input_name: str, reason: str) -> None:
+        self.errors.append({"input": input_name, "error": reason})
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": tool_record(),
+            "command": self.command,
+            "argv": list(self.argv),
+            "created": self.created,
+            "model": self.model,
+        }
+        data.update(self.extra)
+        data["items"] = self.items
+        data["errors"] = self.errors
+        if self.warnings:
+            data["warnings"] = self.warnings
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``manifest.json`` into ``out_dir`` (atomically). Call after every other output is written."""
+        return write_text(Path(out_dir) / "manifest.json", self.to_json() + "\n")
+
+
+def safe_stem(display: str) -> str:
+    """A file-system-safe, readable folder name for an input (``photos/cat 1.jpg`` -> ``photos_cat_1``)."""
+    import re
+
+    stem = display.rsplit(".", 1)[0] if "." in Path(display).name else display
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("._")
+    return cleaned[:120] or "image"

@@ -1,0 +1,128 @@
+"""Top-k classification of image files with a backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from explain.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from explain.backbones.base import Backbone, Geometry
+    from explain.images import ImageFile
+    from explain.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of one image: index, name, softmax probability and pre-softmax logit."""
+
+    index: int
+    name: str
+    prob: float
+    logit: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "prob": round(self.prob, 6), "logit": round(self.logit, 4)}
+
+
+def top_classes(logits: torch.Tensor, class_names: Sequence[str], k: int) -> list[list[ClassScore]]:
+    """The ``k`` most probable classes per row of ``logits`` (``(N, C)``), best first."""
+    import torch
+
+    k = min(k, logits.shape[1])
+    probs = torch.softmax(logits.float(), dim=1)
+    top_p, top_i = probs.topk(k, dim=1)
+    top_l = logits.float().gather(1, top_i)
+    rows = []
+    for p_row, i_row, l_row in zip(top_p.tolist(), top_i.tolist(), top_l.tolist()):
+        rows.append([ClassScore(i, class_names[i], p, lg) for p, i, lg in zip(p_row, i_row, l_row)])
+    return rows
+
+
+@dataclass
+class ImagePrediction:
+    """The prediction for one input file."""
+
+    input: str
+    sha256: str
+    geometry: Geometry
+    top: list[ClassScore]
+    notes: list[str] = field(default_factory=list)
+
+    def as_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "input": self.input,
+            "input_sha256": self.sha256,
+            "geometry": self.geometry.as_dict(),
+            "prediction": [c.as_dict() for c in self.top],
+            "outputs": {},
+        }
+        if self.notes:
+            item["notes"] = self.notes
+        return item
+
+
+@dataclass
+class PredictResult:
+    """Predictions of a run and the inputs that failed, in input order."""
+
+    predictions: list[ImagePrediction]
+    errors: list[InputError]
+
+    def to_manifest(self, backbone: Backbone, argv: Sequence[str] = (), top_k: int = 5) -> Manifest:
+        from explain.manifest import Manifest
+
+        manifest = Manifest(command="predict", argv=argv, model=backbone.manifest_record(), extra={"top_k": top_k})
+        manifest.items = [p.as_item() for p in self.predictions]
+        for err in self.errors:
+            manifest.add_error(err.path, err.reason)
+        return manifest
+
+
+def predict(
+    backbone: Backbone,
+    files: Sequence[ImageFile],
+    top_k: int = 5,
+    batch_size: int = 8,
+    device: Any = "cpu",
+    workers: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> PredictResult:
+    """Classify ``files`` with ``backbone``.
+
+    Args:
+        backbone: the loaded backbone (its model is moved to ``device`` and left there).
+        files: the inputs (see :func:`explain.images.find_images`).
+        top_k: how many classes to report per image.
+        batch_size: images per forward pass.
+        device: a ``torch.device`` or its name.
+        workers: DataLoader workers for decoding.
+        on_batch: called with the number of inputs each finished batch accounted for (progress bars).
+
+    Returns:
+        A :class:`PredictResult`; unreadable files are in ``errors``, the rest in ``predictions``.
+    """
+    import torch
+
+    from explain.data import iter_batches
+
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1 (got {top_k})")
+    model = backbone.model.to(device)
+    predictions: list[ImagePrediction] = []
+    errors: list[InputError] = []
+    for batch in iter_batches(files, backbone.preprocess, batch_size=batch_size, workers=workers):
+        errors.extend(batch.errors)
+        if batch.tensor is not None:
+            with torch.inference_mode():
+                logits = model(batch.tensor.to(device))
+            for sample, top in zip(batch.samples, top_classes(logits, backbone.class_names, top_k)):
+                loaded = sample.loaded
+                predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
+        if on_batch is not None:
+            on_batch(batch.size)
+    return PredictResult(predictions, errors)

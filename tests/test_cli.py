@@ -1,0 +1,135 @@
+"""The CLI end to end with Typer's CliRunner: tables, manifests, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.imagefactory import make_bad_folder
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_predict_sample_photos_match_expected_classes(samples: Path, tmp_path: Path) -> None:
+    photos = [str(samples / f) for f in ("coffee.png", "camera.png", "china.jpg", "chelsea.png")]
+    result = run("predict", *photos, "--out", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "espresso" in result.stdout and "tripod" in result.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["command"] == "predict"
+    assert manifest["model"]["name"] == "efficientnet_lite0" and len(manifest["model"]["weights_sha256"]) == 64
+    top = {Path(i["input"]).name: i["prediction"][0] for i in manifest["items"]}
+    assert top["coffee.png"]["index"] == 967 and top["coffee.png"]["prob"] == pytest.approx(0.95, abs=0.02)
+    assert top["camera.png"]["index"] == 872
+    assert top["china.jpg"]["index"] == 698
+    assert top["chelsea.png"]["index"] in (281, 282, 285)
+    item = manifest["items"][0]
+    assert len(item["input_sha256"]) == 64 and item["geometry"]["model_input"] == [224, 224]
+    assert manifest["errors"] == []
+
+
+def test_bad_folder_reports_each_file_and_exits_1(tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    expected = make_bad_folder(folder)
+    out = tmp_path / "out"
+    result = run("predict", str(folder), "--out", str(out), "--json", "--quiet")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads(result.stdout) == manifest
+    failed = {Path(e["input"]).name: e["error"] for e in manifest["errors"]}
+    loaded = {Path(i["input"]).name for i in manifest["items"]}
+    for name, reason in expected.items():
+        if reason is None:
+            assert name in loaded, name
+        else:
+            assert name in failed and reason in failed[name], (name, failed.get(name))
+            assert f"skipped {folder.name}" in result.stderr or name in result.stderr
+    # valid ones are predicted correctly: the chelsea-based images stay cats
+    cats = {281, 282, 283, 284, 285, 287}
+    for item in manifest["items"]:
+        if Path(item["input"]).name in ("normal.jpg", "cmyk.jpg", "rgba.png", "exif_rotated.jpg"):
+            assert item["prediction"][0]["index"] in cats, item
+    # nothing else was written: no partial outputs, no temporary files
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_only_bad_inputs_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    result = run("predict", str(tmp_path / "a.jpg"), "--quiet")
+    assert result.exit_code == 2 and "empty file" in result.stderr
+
+
+def test_empty_folder_and_missing_path(tmp_path: Path) -> None:
+    result = run("predict", str(tmp_path), "--quiet")
+    assert result.exit_code == 2 and result.stderr.startswith("error: no images found")
+    result = run("predict", str(tmp_path / "missing.png"), "--quiet")
+    assert result.exit_code == 2 and "no such file or folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "resnet5"], "unknown model 'resnet5' (did you mean"),
+        (["--model", "resnet18"], "resnet18-f37072fd.pth into"),
+        (["--model", "resnet18", "--weights", "IMAGENET9"], "unknown weights 'IMAGENET9'"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(samples: Path, args: list[str], message: str) -> None:
+    import torch
+
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run("predict", str(samples / "coffee.png"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_checkpoint_errors_from_cli(samples: Path, tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    from explain import load_backbone
+
+    evil = tmp_path / "evil.pt"
+    torch.save(load_backbone("resnet18", "none", num_classes=3).model, evil)
+    result = run("predict", str(samples / "coffee.png"), "--model", "resnet18", "--weights", str(evil))
+    assert result.exit_code == 2 and "--trust-checkpoint" in result.stderr
+    result = run("predict", str(samples / "coffee.png"), "--model", "resnet18", "--weights", str(evil),
+                 "--trust-checkpoint", "--quiet")
+    assert result.exit_code == 0 and "class_0" in result.stdout
+    state = tmp_path / "state.pt"
+    torch.save(load_backbone("resnet18", "none", num_classes=3).model.state_dict(), state)
+    result = run("predict", str(samples / "coffee.png"), "--model", "resnet18", "--weights", str(state),
+                 "--num-classes", "10")
+    assert result.exit_code == 2 and "has 3 classes" in result.stderr
+    assert pickle  # noqa: B018 - imported for clarity of what a pickled model is
+
+
+def test_models_lists_registry_offline_status() -> None:
+    result = run("models", "--json")
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["efficientnet_lite0"]["offline"] is True
+    assert rows["resnet50"]["offline"] is False and "resnet50-11ad3fa6.pth" in rows["resnet50"]["weights"]
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys, cli.main; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "predict" in result.stdout
