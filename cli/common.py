@@ -59,17 +59,33 @@ class ModelOptions:
     device: str = "auto"
     seed: int = 0
 
-    def load(self) -> tuple[Backbone, Any]:
-        """Load the backbone and move it to the resolved device: ``(backbone, torch.device)``."""
+    def load(self, meta: bool = False) -> tuple[Backbone, Any]:
+        """Load the backbone and move it to the resolved device: ``(backbone, torch.device)``.
+
+        Args:
+            meta: with random weights, build the model on PyTorch's meta device (shapes only, no memory, no
+                initialisation cost); for commands that only need the architecture. Falls back to a real build
+                for architectures that cannot be built on meta.
+        """
         import torch
 
         from explain.backbones import load_backbone
         from explain.device import resolve_device
 
         torch.manual_seed(self.seed)
-        device = resolve_device(self.device)
-        backbone = load_backbone(self.model, self.weights, num_classes=self.num_classes, classes=self.classes,
+
+        def build() -> Backbone:
+            return load_backbone(self.model, self.weights, num_classes=self.num_classes, classes=self.classes,
                                  trust_checkpoint=self.trust_checkpoint)
+
+        if meta and (self.weights or "").lower() == "none":
+            try:
+                with torch.device("meta"):
+                    return build(), torch.device("meta")
+            except (NotImplementedError, RuntimeError):
+                pass
+        device = resolve_device(self.device)
+        backbone = build()
         backbone.model.to(device)
         return backbone, device
 
@@ -155,9 +171,10 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> No
 
 
 def console() -> Any:
+    """A rich console on stdout; when stdout is not a terminal (pipes, files, tests), wide enough for tables."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 @contextmanager

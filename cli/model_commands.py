@@ -60,9 +60,9 @@ def layers(
     """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
     from explain.layers import layer_table
 
-    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed).load()
+    backbone, device = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed).load(meta=True)
     hw = (size, size) if size else backbone.input_size
-    table_rows = layer_table(backbone.model, hw)
+    table_rows = layer_table(backbone.model, hw, device=device)
     if leaves:
         names = {n for n, m in backbone.model.named_modules() if n and not any(True for _ in m.children())}
         table_rows = [r for r in table_rows if r.name in names]

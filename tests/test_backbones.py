@@ -177,3 +177,26 @@ def test_preprocess_geometry_maps_crop_back(size: tuple[int, int]) -> None:
     assert col_mean[1:5].mean() > 0.5 and col_mean[-20:].mean() < 0.05
     if x0 > 2:
         assert col_mean[0] > 0.3
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (97, 200), (640, 427)])
+def test_preprocess_equals_torchvision_transform(size: tuple[int, int], interp: str) -> None:
+    """Our PIL/NumPy preprocessing is torchvision's ImageClassification, value for value."""
+    import numpy as np
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = Preprocess(256, (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interp)
+    theirs = ImageClassification(crop_size=224, resize_size=256, interpolation=InterpolationMode(interp))
+    assert torch.allclose(ours(img), theirs(img), atol=1e-6)
+
+
+def test_imagenet_names_without_importing_torchvision() -> None:
+    from torchvision.models import ResNet50_Weights
+
+    from explain.backbones.torchvision_models import imagenet_categories
+
+    assert imagenet_categories() == ResNet50_Weights.IMAGENET1K_V2.meta["categories"]

@@ -133,3 +133,37 @@ def test_help_does_not_import_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
     result = subprocess.run([sys.executable, "-m", "cli.main", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "predict" in result.stdout
+
+
+def test_atomic_writes_leave_no_temporary_and_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from explain.manifest import Manifest, write_text
+
+    target = write_text(tmp_path / "sub" / "a.txt", "hello")
+    assert target.read_text() == "hello" and os.listdir(tmp_path / "sub") == ["a.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    saved = Manifest(command="x").save(tmp_path)
+    data = json.loads(saved.read_text())
+    assert data["schema_version"] == 1 and data["tool"]["name"] == "cnn-explain" and data["created"].endswith("Z")
+
+
+def test_layers_vgg16_table() -> None:
+    result = run("layers", "--model", "vgg16", "--weights", "none", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
+    pools = [rows[f"features.{i}"]["output_shape"] for i in (4, 9, 16, 23, 30)]
+    assert pools == [[64, 112, 112], [128, 56, 56], [256, 28, 28], [512, 14, 14], [512, 7, 7]]  # M/2 .. M/32
+    assert rows["features.28"]["receptive_field"] == [196, 196] and rows["features.28"]["jump"] == [16, 16]
+    assert rows["features.28"]["kernel"] == [3, 3] and rows["features.28"]["params"] == 512 * 512 * 9 + 512
+    table = run("layers", "--model", "vgg16", "--weights", "none")
+    assert table.exit_code == 0 and "features.28" in table.stdout and "196" in table.stdout
+
+
+def test_layers_embedded_model_shows_tf_same_padding() -> None:
+    result = run("layers", "--leaves")
+    assert result.exit_code == 0
+    line = next(line for line in result.stdout.splitlines() if line.startswith("_conv_stem"))
+    assert "tf-same" in line and "32x112x112" in line

@@ -62,6 +62,9 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 class Conv2dSame(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size at every call."""
 
+    #: Tells the layer table to show the padding as "tf-same" rather than the unused ``padding`` attribute.
+    tf_same_padding = True
+
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False):
         super().__init__(in_ch, out_ch, kernel, stride=stride, padding=0, groups=groups, bias=bias)
 

@@ -150,7 +150,25 @@ def preprocess_of(weights: Any) -> Preprocess:
 
 
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names from torchvision's weights metadata (no download)."""
+    """The 1000 ImageNet-1k class names from torchvision's weights metadata (no download).
+
+    They are read from the source of ``torchvision.models._meta`` without importing torchvision (importing it
+    costs seconds); if that file is not where expected, torchvision is imported after all.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        meta = Path(folder) / "models" / "_meta.py"
+        if meta.is_file():
+            for node in ast.parse(meta.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == "_IMAGENET_CATEGORIES" for t in node.targets
+                ):
+                    names = ast.literal_eval(node.value)
+                    if len(names) == 1000:
+                        return list(names)
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
