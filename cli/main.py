@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import model_commands, predict_command
+from cli import cam_command, model_commands, predict_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -38,6 +38,7 @@ def root(
 app.command("models")(model_commands.models)
 app.command("layers")(model_commands.layers)
 app.command("predict")(predict_command.predict)
+app.command("cam")(cam_command.cam)
 
 
 def main() -> None:

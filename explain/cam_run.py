@@ -1,0 +1,216 @@
+"""Grad-CAM / Grad-CAM++ over image files: maps, overlays on the full photo, panels, raw arrays and a manifest.
+
+Outputs are written image by image as batches finish (memory stays bounded on large folders); the manifest is
+written last by the caller (:meth:`explain.manifest.Manifest.save`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from explain.errors import UsageError
+from explain.manifest import Manifest, safe_stem, write_figure, write_npy
+from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target
+
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.cam import CamMap
+    from explain.data import Sample
+    from explain.images import ImageFile
+
+METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
+
+
+@dataclass
+class CamOptions:
+    """What to explain and how to draw it.
+
+    Attributes:
+        method: ``gradcam`` or ``gradcam++``.
+        layers: dotted layer names (several: maps fused by the mean of their normalised maps); empty: the
+            backbone's default layer.
+        targets: ``--target`` values: class index, class name, ``topK``. Empty (and no neurons): ``top1``.
+        neurons: ``--neuron`` values: ``LAYER:C`` or ``LAYER:C:Y:X``.
+        fmt: figure format for the panels (``png``, ``svg``, ``pdf``); overlays are always PNG at photo size.
+        colormap: matplotlib colour map name.
+        alpha: heat opacity in the overlay.
+        top_k: how many predicted classes each manifest item lists.
+    """
+
+    method: str = "gradcam++"
+    layers: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    neurons: list[str] = field(default_factory=list)
+    fmt: str = "png"
+    colormap: str = "jet"
+    alpha: float = 0.5
+    top_k: int = 5
+
+
+def output_stems(displays: Sequence[str]) -> list[str]:
+    """Unique, readable output folder names: the inputs' paths without their common folder, made file-safe."""
+    parts = [PurePosixPath(d).parts for d in displays]
+    common = 0
+    if parts:
+        shortest = min(len(p) for p in parts)
+        while common < shortest - 1 and len({p[common] for p in parts}) == 1:
+            common += 1
+    seen: dict[str, int] = {}
+    stems = []
+    for p in parts:
+        stem = safe_stem("/".join(p[common:]))
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def _method_slug(method: str) -> str:
+    return method.replace("++", "pp")
+
+
+def _target_slug(target: ClassTarget | NeuronTarget) -> str:
+    if isinstance(target, ClassTarget):
+        return str(target.index)
+    slug = f"{safe_stem(target.layer)}_c{target.channel}"
+    return slug if target.y is None else f"{slug}_y{target.y}_x{target.x}"
+
+
+def resolve_cam_options(backbone: Backbone, opts: CamOptions) -> tuple[Any, list[str], list[Any]]:
+    """Check every option before any work: ``(method class, layers, targets)``.
+
+    Raises:
+        UsageError, LayerError, TargetError: one clear message for the first bad option.
+    """
+    from explain.cam import get_method
+    from explain.figures import check_colormap, check_format
+    from explain.modules import resolve_layer
+
+    method = get_method(opts.method)
+    layers = list(dict.fromkeys(opts.layers)) or [backbone.default_layer]
+    for layer in layers:
+        resolve_layer(backbone.model, layer)
+    targets: list[Any] = [parse_target(t, backbone.class_names) for t in opts.targets]
+    for spec in opts.neurons:
+        neuron = parse_neuron(spec)
+        resolve_layer(backbone.model, neuron.layer)
+        targets.append(neuron)
+    if not targets:
+        targets = [TopK(1)]
+    check_colormap(opts.colormap)
+    check_format(opts.fmt)
+    if not 0.0 <= opts.alpha <= 1.0:
+        raise UsageError(f"--alpha must lie in [0, 1] (got {opts.alpha})")
+    return method, layers, targets
+
+
+def run_cam(
+    backbone: Backbone,
+    files: Sequence[ImageFile],
+    opts: CamOptions,
+    out_dir: str | Path,
+    batch_size: int = 8,
+    device: Any = "cpu",
+    workers: int = 0,
+    argv: Sequence[str] = (),
+    on_batch: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Explain every image in ``files`` and write its figures and arrays into ``out_dir``.
+
+    Returns:
+        The run's :class:`Manifest` (not yet saved: the caller saves it last).
+    """
+    from explain.data import iter_batches
+
+    method, layers, targets = resolve_cam_options(backbone, opts)
+    out = Path(out_dir)
+    model = backbone.model.to(device)
+    stems = dict(zip((f.display for f in files), output_stems([f.display for f in files])))
+    manifest = Manifest(command="cam", argv=argv, model=backbone.manifest_record(),
+                        extra={"method": method.name, "layers": layers})
+    for batch in iter_batches(files, backbone.preprocess, batch_size=batch_size, workers=workers):
+        for err in batch.errors:
+            manifest.add_error(err.path, err.reason)
+        if batch.tensor is not None:
+            result = method(model, layers)(batch.tensor.to(device), targets)
+            predictions = _predictions(result.logits, backbone.class_names, opts.top_k)
+            for i, sample in enumerate(batch.samples):
+                for cam in result.for_image(i):
+                    item = _write_item(out, stems[sample.loaded.display], sample, cam, backbone, opts, layers,
+                                       method.name, predictions[i] if predictions else None, result.probabilities)
+                    manifest.items.append(item)
+        if on_batch is not None:
+            on_batch(batch.size)
+    return manifest
+
+
+def _predictions(logits: Any, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]] | None:
+    from explain.predict import top_classes
+
+    if logits is None:
+        return None
+    return [[c.as_dict() for c in row] for row in top_classes(logits, class_names, k)]
+
+
+def _write_item(
+    out: Path, stem: str, sample: Sample, cam: CamMap, backbone: Backbone, opts: CamOptions,
+    layers: list[str], method: str, prediction: list[dict[str, Any]] | None, probs: Any,
+) -> dict[str, Any]:
+    from explain.figures import heatmap_panel, map_to_image, overlay
+
+    loaded = sample.loaded
+    base = f"{stem}/{_method_slug(method)}_{_target_slug(cam.target)}"
+    outputs: dict[str, Any] = {"map": f"{base}.npy", "overlay": f"{base}.png", "figure": f"{base}_panel.{opts.fmt}"}
+    write_npy(out / outputs["map"], cam.map)
+    if len(layers) == 1:
+        outputs["map_layer"] = f"{base}_layer.npy"
+        write_npy(out / outputs["map_layer"], cam.maps_layer[layers[0]])
+    else:
+        outputs["map_layer"] = {}
+        for layer in layers:
+            outputs["map_layer"][layer] = f"{base}_layer_{safe_stem(layer)}.npy"
+            write_npy(out / outputs["map_layer"][layer], cam.maps_layer[layer])
+    full = map_to_image(cam.map, loaded.image.size, sample.geometry.crop_box)
+    blended = overlay(loaded.image, full, opts.colormap, opts.alpha)
+    from explain.manifest import write_bytes
+
+    write_bytes(out / outputs["overlay"], _png_bytes(blended))
+    if isinstance(cam.target, ClassTarget):
+        name = backbone.class_names[cam.target.index]
+        prob = float(probs[cam.image_index, cam.target.index]) if probs is not None else None
+        target: dict[str, Any] = {"index": cam.target.index, "name": name, "score": round(cam.score, 4)}
+        if prob is not None:
+            target["prob"] = round(prob, 6)
+        if cam.rank is not None:
+            target["rank"] = cam.rank + 1
+        what = f"{name} ({cam.target.index}) · score {cam.score:.2f}" + (f" · p {prob:.2f}" if prob is not None else "")
+    else:
+        target = {"neuron": str(cam.target), "score": round(cam.score, 4)}
+        what = f"neuron {cam.target} · value {cam.score:.3g}"
+    layer_text = ", ".join(layers)
+    title = f"{loaded.display}\n{what} · {METHOD_TITLES.get(method, method)} at {layer_text}"
+    fig = heatmap_panel(loaded.image, full, blended, title, opts.colormap)
+    write_figure(out / outputs["figure"], fig)
+    item: dict[str, Any] = {
+        "input": loaded.display,
+        "input_sha256": loaded.sha256,
+        "geometry": sample.geometry.as_dict(),
+        "prediction": prediction,
+        "method": method,
+        "layer": layers[0] if len(layers) == 1 else layers,
+        "target": target,
+        "outputs": outputs,
+    }
+    if loaded.notes:
+        item["notes"] = list(loaded.notes)
+    return item
+
+
+def _png_bytes(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,123 @@
+"""Figures: heat maps laid back on the full photo, and side-by-side panels with colour bars.
+
+Matplotlib is used through ``matplotlib.figure.Figure`` (never pyplot), so nothing opens a window and figures are
+safe to make from any thread. Colour maps are matplotlib's names (``jet``, ``inferno``, ``viridis``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from explain.errors import UsageError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def check_colormap(name: str) -> Any:
+    """The matplotlib colour map ``name``.
+
+    Raises:
+        UsageError: unknown name, with suggestions.
+    """
+    import matplotlib
+
+    from explain.errors import suggest
+
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise UsageError(f"unknown colour map {name!r}{suggest(name, list(matplotlib.colormaps))}") from None
+
+
+def check_format(fmt: str) -> str:
+    """Normalise a ``--format`` value (png, svg or pdf)."""
+    value = fmt.lower().lstrip(".")
+    if value not in FORMATS:
+        raise UsageError(f"unknown figure format {fmt!r}: choose png, svg or pdf")
+    return value
+
+
+def map_to_image(map01: np.ndarray, image_size: tuple[int, int], crop_box: Sequence[float]) -> np.ndarray:
+    """Place a model-input map back onto the original photo.
+
+    Args:
+        map01: ``(H, W)`` map at model-input resolution.
+        image_size: ``(width, height)`` of the original photo.
+        crop_box: ``(x0, y0, x1, y1)`` of the model input in original pixels (``Geometry.crop_box``).
+
+    Returns:
+        ``(height, width)`` float32 array: the map resized (bilinear) to the crop box and pasted at its place;
+        ``NaN`` where the model saw nothing (outside the crop).
+    """
+    from PIL import Image as PILImage
+
+    width, height = image_size
+    x0, y0, x1, y1 = crop_box
+    box_w, box_h = max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0)))
+    resized = np.asarray(PILImage.fromarray(np.asarray(map01, dtype=np.float32), mode="F")
+                         .resize((box_w, box_h), PILImage.BILINEAR))
+    full = np.full((height, width), np.nan, dtype=np.float32)
+    ox, oy = int(round(x0)), int(round(y0))
+    sx0, sy0 = max(0, -ox), max(0, -oy)
+    dx0, dy0 = max(0, ox), max(0, oy)
+    w = min(box_w - sx0, width - dx0)
+    h = min(box_h - sy0, height - dy0)
+    if w > 0 and h > 0:
+        full[dy0:dy0 + h, dx0:dx0 + w] = resized[sy0:sy0 + h, sx0:sx0 + w]
+    return full
+
+
+def overlay(image: Image.Image, full_map: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+    """Blend a colour-mapped ``full_map`` (values in [0, 1], NaN outside the crop) over ``image``.
+
+    Inside the crop: ``(1 - alpha) * photo + alpha * colour(map)``. Outside it the photo is dimmed, so that it is
+    visible which part of the photo the model never saw.
+    """
+    from PIL import Image as PILImage
+
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"--alpha must lie in [0, 1] (got {alpha})")
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    seen = ~np.isnan(full_map)
+    colours = check_colormap(colormap)(np.nan_to_num(np.clip(full_map, 0.0, 1.0)))[..., :3]
+    out = np.where(seen[..., None], (1.0 - alpha) * photo + alpha * colours, 0.45 * photo)
+    return PILImage.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def heatmap_panel(
+    image: Image.Image,
+    full_map: np.ndarray,
+    overlaid: Image.Image,
+    title: str,
+    colormap: str = "jet",
+    map_label: str = "relevance (normalised)",
+) -> Figure:
+    """Input | heat map with colour bar | overlay, in one row, under ``title``."""
+    from matplotlib.figure import Figure
+
+    width, height = image.size
+    aspect = height / width
+    fig = Figure(figsize=(12.0, 4.0 * aspect + 0.9), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image)
+    axes[0].set_title("input")
+    cmap = check_colormap(colormap).copy()
+    cmap.set_bad("#dddddd")
+    shown = axes[1].imshow(np.ma.masked_invalid(full_map), cmap=cmap, vmin=0.0, vmax=1.0)
+    axes[1].set_title("heat map (grey: outside the model's crop)", fontsize=9)
+    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
+    bar.set_label(map_label, fontsize=8)
+    axes[2].imshow(overlaid)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    return fig
