@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +10,7 @@ import typer
 
 from cli.common import (
     BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, collect_images, console, finish, handle_errors, progress_bar,
+    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, handle_errors, run_image_command, target_summary,
 )
 
 TargetOpt = Annotated[list[str] | None, typer.Option(
@@ -51,30 +51,12 @@ def cam(
     """Class activation maps (Grad-CAM, Grad-CAM++) laid over the full photo, with panels and raw maps."""
     from explain.cam_run import CamOptions, resolve_cam_options, run_cam
 
-    files, find_errors = collect_images(images)
-    backbone, dev = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()
     opts = CamOptions(method=method, layers=list(layer or []), targets=list(target or []),
                       neurons=list(neuron or []), fmt=fmt.lower(), colormap=colormap, alpha=alpha)
-    resolve_cam_options(backbone, opts)  # every option checked before any work
-    with progress_bar(len(files), opts.method, quiet) as advance:
-        manifest = run_cam(backbone, files, opts, out, batch_size=batch_size, device=dev, workers=workers,
-                           argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
-    for err in reversed(find_errors):
-        manifest.errors.insert(0, {"input": err.path, "error": err.reason})
-    if not json_ and not quiet:
-        _summary(manifest, out)
-    n_ok = len({item["input"] for item in manifest.items})
-    finish(manifest, out, json_, n_ok)
-
-
-def _summary(manifest: object, out: Path) -> None:
-    from rich.table import Table
-
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("input", "target", "score", "overlay"):
-        table.add_column(col)
-    for item in manifest.items:  # type: ignore[attr-defined]
-        t = item["target"]
-        label = f"{t['index']} {t['name']}" if "index" in t else t["neuron"]
-        table.add_row(item["input"], label, f"{t['score']:.2f}", str(out / item["outputs"]["overlay"]))
-    console().print(table)
+    run_image_command(
+        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), opts.method,
+        execute=lambda backbone, files, settings: run_cam(backbone, files, opts, out, settings),
+        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers,
+        prepare=lambda backbone: resolve_cam_options(backbone, opts),
+        summarize=partial(target_summary, out=out, output_key="overlay"),
+    )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.images import ImageFile
     from explain.manifest import Manifest
+    from explain.run import RunSettings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -168,6 +169,69 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> No
     code = exit_code(n_ok, len(manifest.errors))
     if code:
         raise typer.Exit(code)
+
+
+def run_image_command(
+    images: Sequence[str],
+    model_options: ModelOptions,
+    label: str,
+    execute: Callable[[Backbone, list[ImageFile], RunSettings], Manifest],
+    out: Path | None,
+    as_json: bool,
+    quiet: bool,
+    batch_size: int = 8,
+    workers: int = 0,
+    prepare: Callable[[Backbone], object] | None = None,
+    summarize: Callable[[Manifest], None] | None = None,
+    summary_is_result: bool = False,
+) -> None:
+    """The body every image command shares: find inputs, load the model, check options, run with a progress bar,
+    report, write the manifest last and exit with the right code.
+
+    Args:
+        images: the IMAGES argument.
+        model_options: the model-related options.
+        label: progress-bar label.
+        execute: ``(backbone, files, settings) -> Manifest``: the library call.
+        out: output folder (``None``: no manifest written).
+        as_json: print the manifest instead of the summary.
+        quiet: no progress bar, no summary.
+        batch_size: images per forward pass.
+        workers: decoding processes.
+        prepare: validates every option against the loaded backbone before any work (raises on a bad one).
+        summarize: prints the human summary of a finished run.
+        summary_is_result: the summary is the command's result (predict's tables), so ``--quiet`` keeps it.
+    """
+    from explain.run import RunSettings
+
+    files, find_errors = collect_images(images)
+    backbone, device = model_options.load()
+    if prepare is not None:
+        prepare(backbone)
+    with progress_bar(len(files), label, quiet) as advance:
+        settings = RunSettings(batch_size=batch_size, device=device, workers=workers,
+                               argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
+        manifest = execute(backbone, files, settings)
+    manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
+    for warning in manifest.warnings:
+        stderr_line(f"warning: {warning}")
+    if summarize is not None and not as_json and (summary_is_result or not quiet):
+        summarize(manifest)
+    finish(manifest, out, as_json, len({item["input"] for item in manifest.items}))
+
+
+def target_summary(manifest: Manifest, out: Path, output_key: str) -> None:
+    """A table of explained targets: input, target, score and the main output file of each item."""
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("input", "target", "score", output_key):
+        table.add_column(col)
+    for item in manifest.items:
+        t = item["target"]
+        label = f"{t['index']} {t['name']}" if "index" in t else t["neuron"]
+        table.add_row(item["input"], label, f"{t['score']:.3g}", str(out / item["outputs"][output_key]))
+    console().print(table)
 
 
 def console() -> Any:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli.common import (
     BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, collect_images, console, finish, handle_errors, progress_bar,
+    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, console, handle_errors, run_image_command,
 )
 
 
@@ -34,30 +33,25 @@ def predict(
     """Top-k classes with names and probabilities for each image."""
     from explain.predict import predict as run_predict
 
-    files, find_errors = collect_images(images)
-    backbone, dev = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()
-    with progress_bar(len(files), "predict", quiet) as advance:
-        result = run_predict(backbone, files, top_k=top_k, batch_size=batch_size, device=dev, workers=workers,
-                             on_batch=advance)
-    result.errors[:0] = find_errors
-    manifest = result.to_manifest(backbone, argv=["cnn-explain", *sys.argv[1:]], top_k=top_k)
-    if not json_:
-        _print_tables(result)
-    finish(manifest, out, json_, len(result.predictions))
+    def execute(backbone: Any, files: list[Any], settings: Any) -> Any:
+        return run_predict(backbone, files, top_k, settings).to_manifest(backbone, settings.argv, top_k)
+
+    run_image_command(
+        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), "predict",
+        execute=execute, out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers,
+        summarize=_print_tables, summary_is_result=True,
+    )
 
 
-def _print_tables(result: object) -> None:
+def _print_tables(manifest: Any) -> None:
     from rich.table import Table
 
     out = console()
-    for pred in result.predictions:  # type: ignore[attr-defined]
-        table = Table(title=pred.input, title_justify="left", show_edge=False, pad_edge=False)
-        table.add_column("#", justify="right")
-        table.add_column("class", justify="right")
-        table.add_column("name")
-        table.add_column("prob", justify="right")
-        table.add_column("", no_wrap=True)
-        for rank, c in enumerate(pred.top, 1):
-            table.add_row(str(rank), str(c.index), c.name, f"{c.prob:.3f}", "█" * max(1, round(c.prob * 20)))
+    for item in manifest.items:
+        table = Table(title=item["input"], title_justify="left", show_edge=False, pad_edge=False)
+        for col, justify in (("#", "right"), ("class", "right"), ("name", "left"), ("prob", "right"), ("", "left")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for rank, c in enumerate(item["prediction"], 1):
+            table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", "█" * max(1, round(c["prob"] * 20)))
         out.print(table)
         out.print()

@@ -6,19 +6,20 @@ written last by the caller (:meth:`explain.manifest.Manifest.save`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.errors import UsageError
 from explain.manifest import Manifest, safe_stem, write_figure, write_npy
+from explain.run import RunSettings, for_each_batch, output_stems, stem_map  # noqa: F401 (output_stems re-exported)
 from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.cam import CamMap
-    from explain.data import Sample
+    from explain.data import Batch, Sample
     from explain.images import ImageFile
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}
@@ -48,23 +49,6 @@ class CamOptions:
     colormap: str = "jet"
     alpha: float = 0.5
     top_k: int = 5
-
-
-def output_stems(displays: Sequence[str]) -> list[str]:
-    """Unique, readable output folder names: the inputs' paths without their common folder, made file-safe."""
-    parts = [PurePosixPath(d).parts for d in displays]
-    common = 0
-    if parts:
-        shortest = min(len(p) for p in parts)
-        while common < shortest - 1 and len({p[common] for p in parts}) == 1:
-            common += 1
-    seen: dict[str, int] = {}
-    stems = []
-    for p in parts:
-        stem = safe_stem("/".join(p[common:]))
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems
 
 
 def _method_slug(method: str) -> str:
@@ -111,39 +95,31 @@ def run_cam(
     files: Sequence[ImageFile],
     opts: CamOptions,
     out_dir: str | Path,
-    batch_size: int = 8,
-    device: Any = "cpu",
-    workers: int = 0,
-    argv: Sequence[str] = (),
-    on_batch: Callable[[int], None] | None = None,
+    settings: RunSettings | None = None,
 ) -> Manifest:
     """Explain every image in ``files`` and write its figures and arrays into ``out_dir``.
 
     Returns:
         The run's :class:`Manifest` (not yet saved: the caller saves it last).
     """
-    from explain.data import iter_batches
-
+    settings = settings or RunSettings()
     method, layers, targets = resolve_cam_options(backbone, opts)
     out = Path(out_dir)
-    model = backbone.model.to(device)
-    stems = dict(zip((f.display for f in files), output_stems([f.display for f in files])))
-    manifest = Manifest(command="cam", argv=argv, model=backbone.manifest_record(),
+    stems = stem_map(files)
+    manifest = Manifest(command="cam", argv=settings.argv, model=backbone.manifest_record(),
                         extra={"method": method.name, "layers": layers})
-    for batch in iter_batches(files, backbone.preprocess, batch_size=batch_size, workers=workers):
-        for err in batch.errors:
-            manifest.add_error(err.path, err.reason)
-        if batch.tensor is not None:
-            result = method(model, layers)(batch.tensor.to(device), targets)
-            predictions = _predictions(result.logits, backbone.class_names, opts.top_k)
-            for i, sample in enumerate(batch.samples):
-                for cam in result.for_image(i):
-                    item = _write_item(out, stems[sample.loaded.display], sample, cam, backbone, opts, layers,
-                                       method.name, predictions[i] if predictions else None, result.probabilities)
-                    manifest.items.append(item)
-        if on_batch is not None:
-            on_batch(batch.size)
-    return manifest
+
+    def handle(batch: Batch) -> list[dict[str, Any]]:
+        result = method(backbone.model, layers)(batch.tensor.to(settings.device), targets)
+        predictions = _predictions(result.logits, backbone.class_names, opts.top_k)
+        return [
+            _write_item(out, stems[sample.loaded.display], sample, cam, backbone, opts, layers, method.name,
+                        predictions[i] if predictions else None, result.probabilities)
+            for i, sample in enumerate(batch.samples)
+            for cam in result.for_image(i)
+        ]
+
+    return for_each_batch(backbone, files, manifest, settings, handle)
 
 
 def _predictions(logits: Any, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import torch
 
     from explain.backbones.base import Backbone, Geometry
+    from explain.data import Batch
+    from explain.run import RunSettings
     from explain.images import ImageFile
     from explain.manifest import Manifest
 
@@ -87,42 +89,36 @@ def predict(
     backbone: Backbone,
     files: Sequence[ImageFile],
     top_k: int = 5,
-    batch_size: int = 8,
-    device: Any = "cpu",
-    workers: int = 0,
-    on_batch: Callable[[int], None] | None = None,
+    settings: RunSettings | None = None,
 ) -> PredictResult:
     """Classify ``files`` with ``backbone``.
 
     Args:
-        backbone: the loaded backbone (its model is moved to ``device`` and left there).
+        backbone: the loaded backbone (its model is moved to ``settings.device`` and left there).
         files: the inputs (see :func:`explain.images.find_images`).
         top_k: how many classes to report per image.
-        batch_size: images per forward pass.
-        device: a ``torch.device`` or its name.
-        workers: DataLoader workers for decoding.
-        on_batch: called with the number of inputs each finished batch accounted for (progress bars).
+        settings: batch size, device, decoding workers and progress callback.
 
     Returns:
         A :class:`PredictResult`; unreadable files are in ``errors``, the rest in ``predictions``.
     """
     import torch
 
-    from explain.data import iter_batches
+    from explain.manifest import Manifest
+    from explain.run import RunSettings, for_each_batch
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
-    model = backbone.model.to(device)
+    settings = settings or RunSettings()
     predictions: list[ImagePrediction] = []
-    errors: list[InputError] = []
-    for batch in iter_batches(files, backbone.preprocess, batch_size=batch_size, workers=workers):
-        errors.extend(batch.errors)
-        if batch.tensor is not None:
-            with torch.inference_mode():
-                logits = model(batch.tensor.to(device))
-            for sample, top in zip(batch.samples, top_classes(logits, backbone.class_names, top_k)):
-                loaded = sample.loaded
-                predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
-        if on_batch is not None:
-            on_batch(batch.size)
-    return PredictResult(predictions, errors)
+
+    def handle(batch: Batch) -> list[dict[str, Any]]:
+        with torch.inference_mode():
+            logits = backbone.model(batch.tensor.to(settings.device))
+        for sample, top in zip(batch.samples, top_classes(logits, backbone.class_names, top_k)):
+            loaded = sample.loaded
+            predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
+        return []
+
+    errors = for_each_batch(backbone, files, Manifest(command="predict"), settings, handle).errors
+    return PredictResult(predictions, [InputError(e["input"], e["error"]) for e in errors])

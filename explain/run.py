@@ -1,0 +1,90 @@
+"""The loop every image command shares: batches of decoded images in, manifest items and per-file errors out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from explain.manifest import safe_stem
+
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.data import Batch
+    from explain.images import ImageFile
+    from explain.manifest import Manifest
+
+
+@dataclass
+class RunSettings:
+    """How a run is executed (not what it computes).
+
+    Attributes:
+        batch_size: images per forward pass.
+        device: ``torch.device`` (or its name) the model runs on.
+        workers: DataLoader worker processes decoding images in parallel with the model.
+        argv: the command line, recorded in the manifest.
+        on_batch: called with the number of inputs each finished batch accounted for (progress bars).
+    """
+
+    batch_size: int = 8
+    device: Any = "cpu"
+    workers: int = 0
+    argv: Sequence[str] = ()
+    on_batch: Callable[[int], None] | None = None
+
+
+def output_stems(displays: Sequence[str]) -> list[str]:
+    """Unique, readable output folder names: the inputs' paths without their common folder, made file-safe."""
+    parts = [PurePosixPath(d).parts for d in displays]
+    common = 0
+    if parts:
+        shortest = min(len(p) for p in parts)
+        while common < shortest - 1 and len({p[common] for p in parts}) == 1:
+            common += 1
+    seen: dict[str, int] = {}
+    stems = []
+    for p in parts:
+        stem = safe_stem("/".join(p[common:]))
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def stem_map(files: Sequence[ImageFile]) -> dict[str, str]:
+    """``display -> output folder name`` for every input of a run."""
+    displays = [f.display for f in files]
+    return dict(zip(displays, output_stems(displays)))
+
+
+def for_each_batch(
+    backbone: Backbone,
+    files: Sequence[ImageFile],
+    manifest: Manifest,
+    settings: RunSettings,
+    handle: Callable[[Batch], Iterable[dict[str, Any]]],
+) -> Manifest:
+    """Decode ``files`` in batches, record bad files as errors, and add what ``handle`` returns as items.
+
+    Args:
+        backbone: supplies the preprocessing (its model is moved to ``settings.device``).
+        files: the inputs, in order.
+        manifest: receives items and errors.
+        settings: batch size, device, workers, progress callback.
+        handle: computes and writes the outputs of one batch of good images, returning their manifest items.
+
+    Returns:
+        ``manifest``, filled.
+    """
+    from explain.data import iter_batches
+
+    backbone.model.to(settings.device)
+    for batch in iter_batches(files, backbone.preprocess, batch_size=settings.batch_size, workers=settings.workers):
+        for err in batch.errors:
+            manifest.add_error(err.path, err.reason)
+        if batch.tensor is not None:
+            manifest.items.extend(handle(batch))
+        if settings.on_batch is not None:
+            settings.on_batch(batch.size)
+    return manifest
