@@ -18,67 +18,24 @@ Run: ``python bench/cam_speed.py [--repeats N] [--batch N] [--size PX]``.
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from torch import nn
+from _timing import interleaved, load_models, load_note
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from explain.cam import compute_cams  # noqa: E402
-from explain.targets import TopK  # noqa: E402
+from explain.cam import compute_cams
+from explain.targets import TopK
 
 
-def load_models() -> list[tuple[str, nn.Module, str]]:
-    """``(label, model, layer)`` for the benchmarked models."""
-    import torchvision
-
-    models: list[tuple[str, nn.Module, str]] = []
-    try:
-        from explain import load_backbone
-
-        bb = load_backbone("efficientnet_lite0", weights="none")
-        models.append(("efficientnet_lite0", bb.model, bb.default_layer))
-    except Exception as exc:  # the embedded model may not be importable yet: fall back to torchvision's B0
-        print(f"(efficientnet_lite0 unavailable: {exc}; using torchvision efficientnet_b0)", file=sys.stderr)
-        models.append(("efficientnet_b0", torchvision.models.efficientnet_b0(weights=None), "features.8"))
-    models.append(("resnet50", torchvision.models.resnet50(weights=None), "layer4"))
-    return models
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def bench(model: nn.Module, layer: str, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
-    model.eval()
-
+def bench(model: torch.nn.Module, layer: str, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, float]:
     def forward() -> None:
         with torch.no_grad():
             model(x)
 
-    runs: dict[str, Callable[[], object]] = {
+    return interleaved({
         "forward": forward,
         "top1": lambda: compute_cams(model, x, [layer], [TopK(1)], method="gradcam++"),
         "top5": lambda: compute_cams(model, x, [layer], [TopK(5)], method="gradcam++"),
-    }
-    for _ in range(warmup):
-        for fn in runs.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn))
-    result = {name: statistics.median(values) for name, values in times.items()}
-    result.update({f"{name}_min": min(values) for name, values in times.items()})
-    return result
+    }, repeats, warmup)
 
 
 def main() -> None:
@@ -97,7 +54,7 @@ def main() -> None:
     )
     print(f"{'model':<20} {'layer':<12} {'forward':>9} {'gcam++ top1':>12} {'ratio':>6} ", end="")
     print(f"{'gcam++ top5':>12} {'ratio':>6}")
-    for label, model, layer in load_models():
+    for label, model, layer in load_models(["efficientnet_lite0", "resnet50"]):
         t = bench(model, layer, x, args.repeats, args.warmup)
         print(
             f"{label:<20} {layer:<12} {t['forward'] * 1e3:7.1f}ms {t['top1'] * 1e3:10.1f}ms "
@@ -105,9 +62,7 @@ def main() -> None:
             f"   (best runs: {t['forward_min'] * 1e3:.1f}ms, ratios {t['top1_min'] / t['forward_min']:.3f}, "
             f"{t['top5_min'] / t['forward_min']:.3f})"
         )
-    if hasattr(os, "getloadavg"):
-        load = os.getloadavg()[0]
-        print(f"load average after the run: {load:.2f} on {os.cpu_count()} CPUs (other processes add noise)")
+    print(load_note())
 
 
 if __name__ == "__main__":

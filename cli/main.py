@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import cam_command, model_commands, predict_command
+from cli import cam_command, guided_command, model_commands, predict_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -39,6 +39,8 @@ app.command("models")(model_commands.models)
 app.command("layers")(model_commands.layers)
 app.command("predict")(predict_command.predict)
 app.command("cam")(cam_command.cam)
+app.command("guided-backprop")(guided_command.guided_backprop)
+app.command("saliency")(guided_command.saliency)
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.errors import UsageError
-from explain.manifest import Manifest, safe_stem, write_figure, write_npy
-from explain.run import RunSettings, for_each_batch, output_stems, stem_map  # noqa: F401 (output_stems re-exported)
-from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target
+from explain.manifest import Manifest, write_bytes, write_figure, write_npy
+from explain.run import (
+    RunSettings, class_target_record, for_each_batch, image_record, layer_slug, predictions_of, stem_map, target_slug,
+)
+from explain.targets import ClassTarget, TopK, parse_neuron, parse_target
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -53,13 +55,6 @@ class CamOptions:
 
 def _method_slug(method: str) -> str:
     return method.replace("++", "pp")
-
-
-def _target_slug(target: ClassTarget | NeuronTarget) -> str:
-    if isinstance(target, ClassTarget):
-        return str(target.index)
-    slug = f"{safe_stem(target.layer)}_c{target.channel}"
-    return slug if target.y is None else f"{slug}_y{target.y}_x{target.x}"
 
 
 def resolve_cam_options(backbone: Backbone, opts: CamOptions) -> tuple[Any, list[str], list[Any]]:
@@ -111,7 +106,7 @@ def run_cam(
 
     def handle(batch: Batch) -> list[dict[str, Any]]:
         result = method(backbone.model, layers)(batch.tensor.to(settings.device), targets)
-        predictions = _predictions(result.logits, backbone.class_names, opts.top_k)
+        predictions = predictions_of(result.logits, backbone.class_names, opts.top_k)
         return [
             _write_item(out, stems[sample.loaded.display], sample, cam, backbone, opts, layers, method.name,
                         predictions[i] if predictions else None, result.probabilities)
@@ -122,14 +117,6 @@ def run_cam(
     return for_each_batch(backbone, files, manifest, settings, handle)
 
 
-def _predictions(logits: Any, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]] | None:
-    from explain.predict import top_classes
-
-    if logits is None:
-        return None
-    return [[c.as_dict() for c in row] for row in top_classes(logits, class_names, k)]
-
-
 def _write_item(
     out: Path, stem: str, sample: Sample, cam: CamMap, backbone: Backbone, opts: CamOptions,
     layers: list[str], method: str, prediction: list[dict[str, Any]] | None, probs: Any,
@@ -137,7 +124,7 @@ def _write_item(
     from explain.figures import heatmap_panel, map_to_image, overlay
 
     loaded = sample.loaded
-    base = f"{stem}/{_method_slug(method)}_{_target_slug(cam.target)}"
+    base = f"{stem}/{_method_slug(method)}_{target_slug(cam.target)}"
     outputs: dict[str, Any] = {"map": f"{base}.npy", "overlay": f"{base}.png", "figure": f"{base}_panel.{opts.fmt}"}
     write_npy(out / outputs["map"], cam.map)
     if len(layers) == 1:
@@ -146,22 +133,14 @@ def _write_item(
     else:
         outputs["map_layer"] = {}
         for layer in layers:
-            outputs["map_layer"][layer] = f"{base}_layer_{safe_stem(layer)}.npy"
+            outputs["map_layer"][layer] = f"{base}_layer_{layer_slug(layer)}.npy"
             write_npy(out / outputs["map_layer"][layer], cam.maps_layer[layer])
     full = map_to_image(cam.map, loaded.image.size, sample.geometry.crop_box)
     blended = overlay(loaded.image, full, opts.colormap, opts.alpha)
-    from explain.manifest import write_bytes
-
     write_bytes(out / outputs["overlay"], _png_bytes(blended))
     if isinstance(cam.target, ClassTarget):
-        name = backbone.class_names[cam.target.index]
-        prob = float(probs[cam.image_index, cam.target.index]) if probs is not None else None
-        target: dict[str, Any] = {"index": cam.target.index, "name": name, "score": round(cam.score, 4)}
-        if prob is not None:
-            target["prob"] = round(prob, 6)
-        if cam.rank is not None:
-            target["rank"] = cam.rank + 1
-        what = f"{name} ({cam.target.index}) · score {cam.score:.2f}" + (f" · p {prob:.2f}" if prob is not None else "")
+        target, what = class_target_record(cam.target.index, cam.score, cam.rank, backbone.class_names, probs,
+                                           cam.image_index)
     else:
         target = {"neuron": str(cam.target), "score": round(cam.score, 4)}
         what = f"neuron {cam.target} · value {cam.score:.3g}"
@@ -169,16 +148,9 @@ def _write_item(
     title = f"{loaded.display}\n{what} · {METHOD_TITLES.get(method, method)} at {layer_text}"
     fig = heatmap_panel(loaded.image, full, blended, title, opts.colormap)
     write_figure(out / outputs["figure"], fig)
-    item: dict[str, Any] = {
-        "input": loaded.display,
-        "input_sha256": loaded.sha256,
-        "geometry": sample.geometry.as_dict(),
-        "prediction": prediction,
-        "method": method,
-        "layer": layers[0] if len(layers) == 1 else layers,
-        "target": target,
-        "outputs": outputs,
-    }
+    item = image_record(sample, prediction)
+    item.update({"method": method, "layer": layers[0] if len(layers) == 1 else layers, "target": target,
+                 "outputs": outputs})
     if loaded.notes:
         item["notes"] = list(loaded.notes)
     return item

@@ -88,3 +88,64 @@ def for_each_batch(
         if settings.on_batch is not None:
             settings.on_batch(batch.size)
     return manifest
+
+
+def layer_slug(layer: str) -> str:
+    """``_blocks.5`` -> ``_blocks-5``: a file-name-safe layer name (dots are not file extensions here)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", layer).strip("-")[:80] or "layer"
+
+
+def target_slug(target: Any) -> str:
+    """A file-name part for a class target (``282``) or a neuron (``_blocks-5_c3_y4_x7``)."""
+    from explain.targets import ClassTarget
+
+    if isinstance(target, ClassTarget):
+        return str(target.index)
+    slug = f"{layer_slug(target.layer)}_c{target.channel}"
+    return slug if target.y is None else f"{slug}_y{target.y}_x{target.x}"
+
+
+def predictions_of(logits: Any, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]] | None:
+    """The top-``k`` classes of each row of ``logits`` as manifest records (``None`` without logits)."""
+    from explain.predict import top_classes
+
+    if logits is None:
+        return None
+    return [[c.as_dict() for c in row] for row in top_classes(logits, class_names, k)]
+
+
+def class_target_record(
+    index: int, score: float, rank: int | None, class_names: Sequence[str], probs: Any, image_index: int
+) -> tuple[dict[str, Any], str]:
+    """The manifest ``target`` of an explained class and the matching figure-title text.
+
+    Args:
+        index: the class index.
+        score: the explained pre-softmax score.
+        rank: its 0-based rank when it came from ``topK``, else ``None``.
+        class_names: the backbone's class names.
+        probs: ``(N, C)`` softmax probabilities of the batch, or ``None``.
+        image_index: the image's row in ``probs``.
+    """
+    name = class_names[index]
+    prob = float(probs[image_index, index]) if probs is not None else None
+    record: dict[str, Any] = {"index": index, "name": name, "score": round(score, 4)}
+    text = f"{name} ({index}) · score {score:.2f}"
+    if prob is not None:
+        record["prob"] = round(prob, 6)
+        text += f" · p {prob:.2f}"
+    if rank is not None:
+        record["rank"] = rank + 1
+    return record, text
+
+
+def image_record(sample: Any, prediction: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The per-input part of a manifest item: input, its hash, crop geometry and the model's prediction."""
+    return {
+        "input": sample.loaded.display,
+        "input_sha256": sample.loaded.sha256,
+        "geometry": sample.geometry.as_dict(),
+        "prediction": prediction,
+    }
