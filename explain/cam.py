@@ -63,9 +63,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explain.errors import LayerError, TargetError, UsageError, suggest
+from explain.errors import LayerError, UsageError, suggest
 from explain.hooks import LayerTap, eval_mode
 from explain.modules import resolve_layer
+from explain.scores import Target, expand_targets, rank_scores
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
     "normalize_maps",
 ]
 
-Target = ClassTarget | TopK | NeuronTarget
 
 
 @dataclass
@@ -152,16 +152,6 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     constant = span <= 16 * torch.finfo(maps.dtype).eps * torch.maximum(high.abs(), low.abs())
     # Dividing (not multiplying by 1/span) maps the maximum to exactly 1; an infinite span maps everything to 0.
     return maps.sub_(low).div_(torch.where(constant, torch.full_like(span, float("inf")), span))
-
-
-@dataclass
-class _Rank:
-    """One target per image, explained together with one backward pass."""
-
-    targets: list[ClassTarget | NeuronTarget]  # per image
-    scores: torch.Tensor  # (N,), part of the autograd graph
-    rank: int | None
-    neuron: NeuronTarget | None
 
 
 class BaseCAM(abc.ABC):
@@ -246,19 +236,22 @@ class BaseCAM(abc.ABC):
                 output = self.model(x)
             tap.require_all()
             logits = output.detach() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
-            ranks = self._expand(targets, output, tap.outputs, x.shape[0])
+            ranks = expand_targets(targets, output, tap.outputs, x.shape[0], unit="mean")
+            rows = range(x.shape[0])
+            scores_of = [rank_scores(rank, output, tap.outputs, rows) for rank in ranks]
             acts = [tap.outputs[layer] for layer in self.layers]
             cams: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.layers}
             weights: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.layers}
             for r, rank in enumerate(ranks):
-                if not rank.scores.requires_grad:
-                    raise self._not_upstream(rank.neuron, self.layers[0])
+                neuron = rank.targets[0] if isinstance(rank.targets[0], NeuronTarget) else None
+                if not scores_of[r].requires_grad:
+                    raise self._not_upstream(neuron, self.layers[0])
                 grads = torch.autograd.grad(
-                    rank.scores.sum(), acts, retain_graph=r < len(ranks) - 1, allow_unused=True
+                    scores_of[r].sum(), acts, retain_graph=r < len(ranks) - 1, allow_unused=True
                 )
                 for layer, a, g in zip(self.layers, acts, grads, strict=True):
                     if g is None:
-                        raise self._not_upstream(rank.neuron, layer)
+                        raise self._not_upstream(neuron, layer)
                     a = a.detach()
                     w = self.channel_weights(a, g)
                     weights[layer].append(w)
@@ -278,7 +271,7 @@ class BaseCAM(abc.ABC):
             }
             # One layer: the fused map is that layer's map (the same array, no copy).
             fused = next(iter(up.values())) if len(up) == 1 else torch.stack(list(up.values()), 0).mean(0)
-            scores = torch.stack([rank.scores.detach() for rank in ranks], 1)  # (N, R)
+            scores = torch.stack([sc.detach() for sc in scores_of], 1)  # (N, R)
 
         # To NumPy once, at the end.
         np_layer = {k: v.detach().float().cpu().numpy() for k, v in layer_maps.items()}
@@ -308,44 +301,6 @@ class BaseCAM(abc.ABC):
             maps=maps,
         )
 
-    def _expand(
-        self,
-        targets: list[Target],
-        output: object,
-        outputs: dict[str, object],
-        n: int,
-    ) -> list[_Rank]:
-        """Turn the requested targets into ranks: one target and one differentiable score per image each."""
-        ranks: list[_Rank] = []
-        for target in targets:
-            if isinstance(target, NeuronTarget):
-                scores = _neuron_scores(target, outputs[target.layer])
-                ranks.append(_Rank([target] * n, scores, None, target))
-                continue
-            if not (isinstance(output, torch.Tensor) and output.dim() == 2):
-                got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise TargetError(
-                    f"class targets need a model whose output is (N, num_classes) scores, got {got}; "
-                    "explain a neuron instead"
-                )
-            num_classes = output.shape[1]
-            if isinstance(target, TopK):
-                if not 1 <= target.k <= num_classes:
-                    raise TargetError(f"top{target.k}: k must be between 1 and the number of classes ({num_classes})")
-                order = torch.topk(output.detach(), target.k, dim=1).indices  # (N, k), best first
-                for j in range(target.k):
-                    idx = order[:, j]
-                    classes = [ClassTarget(int(c)) for c in idx.tolist()]
-                    ranks.append(_Rank(classes, output.gather(1, idx[:, None]).squeeze(1), j, None))
-            else:
-                c = int(target.index)
-                if not 0 <= c < num_classes:
-                    raise TargetError(
-                        f"class index {c} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
-                    )
-                ranks.append(_Rank([ClassTarget(c)] * n, output[:, c], None, None))
-        return ranks
-
     @staticmethod
     def _not_upstream(neuron: NeuronTarget | None, layer: str) -> LayerError:
         if neuron is not None:
@@ -354,35 +309,6 @@ class BaseCAM(abc.ABC):
                 f"branch); explain a neuron at a layer that comes before {neuron.layer!r}"
             )
         return LayerError(f"the model's output does not depend on layer {layer!r}; choose a layer on the path to it")
-
-
-def _neuron_scores(target: NeuronTarget, out: object) -> torch.Tensor:
-    """The ``(N,)`` values of a neuron target: the channel's spatial mean, or one unit."""
-    if not isinstance(out, torch.Tensor) or out.dim() < 2:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TargetError(f"neuron {target}: layer {target.layer!r} gives {got}, not (N, C, ...) channels")
-    channels = out.shape[1]
-    if not 0 <= target.channel < channels:
-        raise TargetError(
-            f"neuron {target}: channel {target.channel} is out of range: layer {target.layer!r} has "
-            f"{channels} channels (0..{channels - 1})"
-        )
-    if not target.is_unit:
-        return out[:, target.channel].flatten(1).mean(1) if out.dim() > 2 else out[:, target.channel]
-    if out.dim() != 4:
-        raise TargetError(
-            f"neuron {target}: a unit (Y, X) needs a layer with a spatial (N, C, H, W) output; "
-            f"{target.layer!r} gives {tuple(out.shape)}; use {target.layer}:{target.channel} for the channel"
-        )
-    height, width = out.shape[2:]
-    y, x = target.y, target.x
-    assert y is not None and x is not None
-    if not (0 <= y < height and 0 <= x < width):
-        raise TargetError(
-            f"neuron {target}: position (y={y}, x={x}) is outside layer {target.layer!r}, whose maps are "
-            f"{height} x {width} (y 0..{height - 1}, x 0..{width - 1})"
-        )
-    return out[:, target.channel, y, x]
 
 
 def _model_device(model: nn.Module) -> torch.device | None:

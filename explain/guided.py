@@ -73,9 +73,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from explain.errors import TargetError, UsageError
+from explain.errors import UsageError
 from explain.hooks import LayerTap, eval_mode
 from explain.modules import resolve_layer
+from explain.scores import Rank, Target, expand_targets, rank_scores
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
 __all__ = [
@@ -89,7 +90,6 @@ __all__ = [
     "guided_backprop",
 ]
 
-Target = ClassTarget | TopK | NeuronTarget
 
 #: Backward rules at rectifiers: Springenberg's guided rule, and Zeiler & Fergus' deconvnet rule.
 GUIDED_RULES = ("guided", "deconvnet")
@@ -400,15 +400,6 @@ class GradientResult:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Rank:
-    """One requested target resolved per image: ``targets[i]`` is an explicit class or neuron for image ``i``."""
-
-    targets: list[ClassTarget | NeuronTarget]
-    rank: int | None
-    unit_choice: str | None
-
-
 def check_request(targets: Sequence[Target], unit: str) -> list[Target]:
     """Validate a target list and a unit mode (shared by the guided and saliency engines)."""
     targets = list(targets)
@@ -440,98 +431,6 @@ def neuron_layers(model: nn.Module, targets: Sequence[Target]) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
-def _channel_map(target: NeuronTarget, out: object) -> torch.Tensor:
-    """The layer output, checked to have the target's channel (and position, for a unit)."""
-    if not isinstance(out, torch.Tensor) or out.dim() < 2:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TargetError(f"neuron {target}: layer {target.layer!r} gives {got}, not (N, C, ...) channels")
-    channels = out.shape[1]
-    if not 0 <= target.channel < channels:
-        raise TargetError(
-            f"neuron {target}: channel {target.channel} is out of range: layer {target.layer!r} has "
-            f"{channels} channels (0..{channels - 1})"
-        )
-    if target.is_unit:
-        if out.dim() != 4:
-            raise TargetError(
-                f"neuron {target}: a unit (Y, X) needs a layer with a spatial (N, C, H, W) output; "
-                f"{target.layer!r} gives {tuple(out.shape)}; use {target.layer}:{target.channel} for the channel"
-            )
-        height, width = out.shape[2:]
-        if not (0 <= int(target.y) < height and 0 <= int(target.x) < width):  # type: ignore[arg-type]
-            raise TargetError(
-                f"neuron {target}: position (y={target.y}, x={target.x}) is outside layer {target.layer!r}, whose "
-                f"maps are {height} x {width} (y 0..{height - 1}, x 0..{width - 1})"
-            )
-    return out
-
-
-def expand_targets(
-    targets: Sequence[Target], output: object, outputs: dict[str, Any], n: int, unit: str
-) -> list[_Rank]:
-    """Resolve requested targets on a (clean) forward pass into explicit per-image targets.
-
-    ``TopK(k)`` becomes ``k`` ranks of per-image classes; ``LAYER:C`` with ``unit="max"`` becomes the unit with the
-    highest activation in each image (the first in row-major order on ties).
-    """
-    ranks: list[_Rank] = []
-    for target in targets:
-        if isinstance(target, NeuronTarget):
-            out = _channel_map(target, outputs[target.layer])
-            if target.is_unit:
-                ranks.append(_Rank([target] * n, None, "given"))
-            elif unit == "max" and out.dim() == 4:
-                flat = out[:, target.channel].detach().flatten(1).argmax(1).tolist()
-                width = out.shape[3]
-                ranks.append(_Rank([NeuronTarget(target.layer, target.channel, f // width, f % width) for f in flat],
-                                   None, "max"))
-            elif unit == "max":
-                raise TargetError(
-                    f"neuron {target}: --unit max needs a layer with a spatial (N, C, H, W) output; "
-                    f"{target.layer!r} gives {tuple(out.shape)}"
-                )
-            else:
-                ranks.append(_Rank([target] * n, None, "mean"))
-            continue
-        if not (isinstance(output, torch.Tensor) and output.dim() == 2):
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise TargetError(
-                f"class targets need a model whose output is (N, num_classes) scores, got {got}; "
-                "explain a neuron instead"
-            )
-        num_classes = output.shape[1]
-        if isinstance(target, TopK):
-            if not 1 <= target.k <= num_classes:
-                raise TargetError(f"top{target.k}: k must be between 1 and the number of classes ({num_classes})")
-            order = torch.topk(output.detach(), target.k, dim=1).indices.tolist()  # (N, k), best first
-            for j in range(target.k):
-                ranks.append(_Rank([ClassTarget(int(row[j])) for row in order], j, None))
-        else:
-            c = int(target.index)
-            if not 0 <= c < num_classes:
-                raise TargetError(
-                    f"class index {c} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
-                )
-            ranks.append(_Rank([ClassTarget(c)] * n, None, None))
-    return ranks
-
-
-def rank_scores(rank: _Rank, output: object, outputs: dict[str, Any], rows: Sequence[int]) -> torch.Tensor:
-    """The ``(len(rows),)`` scores of ``rank`` on a forward pass whose row ``j`` is a copy of image ``rows[j]``."""
-    first = rank.targets[rows[0]]
-    if isinstance(first, ClassTarget):
-        assert isinstance(output, torch.Tensor)
-        index = torch.tensor([rank.targets[i].index for i in rows], device=output.device)  # type: ignore[union-attr]
-        return output.gather(1, index[:, None]).squeeze(1)
-    out = outputs[first.layer]
-    if first.is_unit:
-        picked = [rank.targets[i] for i in rows]
-        ys = torch.tensor([t.y for t in picked], device=out.device)  # type: ignore[union-attr]
-        xs = torch.tensor([t.x for t in picked], device=out.device)  # type: ignore[union-attr]
-        return out[torch.arange(len(rows), device=out.device), first.channel, ys, xs]
-    return out[:, first.channel].flatten(1).mean(1) if out.dim() > 2 else out[:, first.channel]
-
-
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer (``None`` for a model without either)."""
     for tensor in model.parameters():
@@ -555,7 +454,7 @@ def input_gradients(
     *,
     unit: str = "mean",
     rule: str | None = None,
-) -> tuple[list[_Rank], list[torch.Tensor], torch.Tensor | None, list[torch.Tensor], GuidedRectifiers | None]:
+) -> tuple[list[Rank], list[torch.Tensor], torch.Tensor | None, list[torch.Tensor], GuidedRectifiers | None]:
     """One forward pass (guided or plain), one backward pass per target rank, gradients w.r.t. the input only.
 
     Returns:
@@ -675,7 +574,7 @@ def guided_backprop(
 
 
 def _cams(model: nn.Module, inputs: torch.Tensor, layers: list[str], method: str,
-          ranks: list[_Rank]) -> list[list[np.ndarray]]:
+          ranks: list[Rank]) -> list[list[np.ndarray]]:
     """The normalised CAM ``(H, W)`` for every image and rank, for exactly the targets guided backprop explained.
 
     Images that share the same explicit targets (e.g. the same class) are explained in one batched call.

@@ -43,13 +43,12 @@ from explain.guided import (
     Target,
     check_inputs,
     check_request,
-    expand_targets,
     input_gradients,
     neuron_layers,
     prepare_input,
-    rank_scores,
 )
 from explain.hooks import LayerTap, eval_mode
+from explain.scores import expand_targets, rank_scores
 
 __all__ = ["noise_sigmas", "saliency", "smoothgrad_noise"]
 
