@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import cam_command, guided_command, model_commands, predict_command
+from cli import filters_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -41,6 +42,8 @@ app.command("predict")(predict_command.predict)
 app.command("cam")(cam_command.cam)
 app.command("guided-backprop")(guided_command.guided_backprop)
 app.command("saliency")(guided_command.saliency)
+app.command("filters")(filters_command.filters)
+app.command("activations")(filters_command.activations)
 
 
 def main() -> None:
