@@ -200,3 +200,16 @@ def test_imagenet_names_without_importing_torchvision() -> None:
     from explain.backbones.torchvision_models import imagenet_categories
 
     assert imagenet_categories() == ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+
+
+def test_channels_last_transformer_default_layer_is_channels_first() -> None:
+    """Swin's stages are (N, H, W, C): the CAM layer must be the permuted (N, C, H, W) one, not silently wrong."""
+    bb = load_backbone("swin_t", "none")
+    seen = {}
+    handle = bb.model.get_submodule(bb.default_layer).register_forward_hook(lambda m, i, o: seen.update(o=o))
+    try:
+        with torch.no_grad():
+            bb.model(torch.randn(1, 3, 224, 224))
+    finally:
+        handle.remove()
+    assert tuple(seen["o"].shape) == (1, 768, 7, 7)

@@ -211,7 +211,7 @@ def layer_defaults(arch: str, model: Any) -> tuple[str, str]:
     if arch.startswith("regnet"):
         return "trunk_output", "avgpool"
     if arch.startswith("swin"):
-        return "features", "avgpool"
+        return "permute", "avgpool"  # `features` is channels-last (N, H, W, C); `permute` makes it (N, C, H, W)
     if arch == "maxvit_t":
         return _last_child(model, "blocks"), "classifier.2"
     if arch.startswith("vit"):
