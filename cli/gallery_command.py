@@ -1,0 +1,341 @@
+"""``cnn-explain index``, ``neighbours`` and ``tsne``: a feature index of a gallery, nearest neighbours, 2-D maps."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.common import (
+    ClassesOpt, DeviceOpt, JsonOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt, WeightsOpt,
+    WorkersOpt, collect_images, console, finish, handle_errors, stderr_line,
+)
+from explain.errors import UsageError
+
+if TYPE_CHECKING:
+    from explain.gallery import FeatureIndex
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+GalleryArg = Annotated[Path, typer.Argument(help="Folder of images (walked recursively, sorted).", show_default=False)]
+IndexModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Backbone name ('cnn-explain models'). Default: the index's model, else "
+                          f"{DEFAULT_MODEL}.", show_default=False)]
+LayerOpt = Annotated[str | None, typer.Option(
+    "--layer", "-l", help="Layer whose output (globally average-pooled) is the feature vector. Default: the index's "
+                          "layer, else the model's penultimate features.", show_default=False)]
+LabelsOpt = Annotated[str | None, typer.Option(
+    help="Labels: a CSV with columns path,label[,class_name] (paths relative to the gallery), or 'folders' to use "
+         "each image's sub-folder name. Default: what the index used before.", show_default=False)]
+FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png, svg or pdf.")]
+MetricOpt = Annotated[str, typer.Option(help="Distance: l2 (Euclidean) or cosine (1 - cosine similarity).")]
+IndexBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+IndexWorkersOpt = Annotated[int | None, typer.Option(
+    min=0, help="Processes decoding images in parallel with the model. Default: 2 on a multi-core machine.",
+    show_default=False)]
+
+
+# --- progress -------------------------------------------------------------------------------------------------
+@contextmanager
+def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress display with one bar per stage (embedding, t-SNE, thumbnails...); ``None`` when silent."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    tasks: dict[str, Any] = {}
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        def advance(stage: str, n: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.advance(tasks[stage], n)
+
+        yield advance
+
+
+def _argv() -> list[str]:
+    return ["cnn-explain", *sys.argv[1:]]
+
+
+def _index_exists(folder: Path) -> bool:
+    from explain.gallery import INDEX_FILE
+
+    return (folder / INDEX_FILE).is_file()
+
+
+def _stored_model(folder: Path) -> tuple[str | None, str | None, str | None]:
+    """``(model name, weights argument, layer)`` recorded in an index folder, without loading the features."""
+    import json
+
+    from explain.gallery import INDEX_FILE
+
+    try:
+        meta = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+        return meta["model"]["name"], meta["model"].get("weights_arg"), meta["layer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None, None
+
+
+def _load_model_for(index: FeatureIndex, model: str | None, weights: str | None, classes: Path | None,
+                    num_classes: int | None, trust: bool, device: str, seed: int) -> tuple[Any, Any]:
+    """The index's model (or the one asked for), refused unless its features match the index."""
+    from explain.gallery import backbone_record, check_compatible
+
+    name = model or index.model.get("name") or DEFAULT_MODEL
+    chosen_weights = weights
+    if chosen_weights is None and name == index.model.get("name"):
+        chosen_weights = index.model.get("weights_arg")
+    backbone, dev = ModelOptions(name, chosen_weights, classes, num_classes, trust, device, seed).load()
+    check_compatible(index, backbone_record(backbone, chosen_weights), index.layer)
+    return backbone, dev
+
+
+# --- index ----------------------------------------------------------------------------------------------------
+@handle_errors
+def index(
+    gallery: GalleryArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder (created, or updated incrementally).",
+                                      show_default=False)],
+    labels: LabelsOpt = None,
+    layer: LayerOpt = None,
+    rebuild: Annotated[bool, typer.Option(
+        help="Replace an existing index (another model's, or a corrupt one).")] = False,
+    model: IndexModelOpt = None,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: IndexBatchOpt = 32,
+    workers: IndexWorkersOpt = None,
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed a folder of images into a reusable feature index; re-running embeds only new or changed files."""
+    from explain.gallery_run import run_index
+
+    stored_name, stored_weights, stored_layer = (None, None, None) if rebuild else _stored_model(out)
+    name = model or stored_name or DEFAULT_MODEL
+    if weights is None and stored_name is not None and name == stored_name:
+        weights = stored_weights
+    if layer is None and stored_name is not None and name == stored_name:
+        layer = stored_layer
+    backbone, dev = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+    with stage_progress(quiet) as progress:
+        update, manifest = run_index(backbone, gallery, out, layer=layer, labels=labels, rebuild=rebuild,
+                                     weights_arg=weights, batch_size=batch_size, workers=workers, device=dev,
+                                     argv=_argv(), progress=progress)
+    if not json_ and not quiet:
+        idx = update.index
+        labelled = sum(e.label is not None for e in idx.entries)
+        classes_n = len({e.label for e in idx.entries if e.label is not None})
+        console().print(
+            f"index {out}: {len(idx)} images, {idx.dim}-d features of {idx.model['name']} at {idx.layer} · "
+            f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
+            f"unchanged {update.unchanged}, failed {len(update.errors)}"
+            + (f" · {labelled} labelled, {classes_n} classes" if labelled else " · no labels"))
+    for warning in manifest.warnings:
+        if not quiet:
+            stderr_line(f"warning: {warning}")
+    finish(manifest, out, json_, len(update.index))
+
+
+# --- neighbours -----------------------------------------------------------------------------------------------
+@handle_errors
+def neighbours(
+    index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder ('cnn-explain index').",
+                                            show_default=False)],
+    images: Annotated[list[str] | None, typer.Argument(
+        help="Query image files and/or folders.", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 8,
+    metric: MetricOpt = "l2",
+    backend: Annotated[str, typer.Option(help="Search backend: torch, faiss (if installed) or auto.")] = "torch",
+    evaluate: Annotated[bool, typer.Option(
+        "--evaluate",
+        help="Leave-one-out over the labelled gallery: class purity of the k = 1, 5, 10 nearest.")] = False,
+    fmt: FormatOpt = "png",
+    model: IndexModelOpt = None,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: IndexBatchOpt = 32,
+    workers: WorkersOpt = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")] = Path(
+        "cnn-explain-out"),
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Nearest gallery images of each query in feature space (exact search), with a figure per query."""
+    from explain.gallery import METRICS, evaluate_purity, load_index
+    from explain.gallery_run import NeighbourOptions, run_neighbours
+    from explain.manifest import Manifest
+
+    if metric not in METRICS:
+        raise UsageError(f"unknown --metric {metric!r}: choose l2 or cosine")
+    if not images and not evaluate:
+        raise UsageError("give query IMAGES, or --evaluate to measure the labelled gallery (see --help)")
+    idx = load_index(index_dir)
+    opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower())
+    from explain.figures import check_format
+    from explain.gallery import _check_search_args
+
+    _check_search_args(k, metric, backend)
+    check_format(opts.fmt)
+    files, find_errors = collect_images(images) if images else ([], [])
+    with stage_progress(quiet) as progress:
+        if files:
+            backbone, dev = _load_model_for(idx, model, weights, classes, num_classes, trust_checkpoint, device, seed)
+            manifest = run_neighbours(idx, backbone, files, out, opts, batch_size=batch_size, workers=workers,
+                                      device=dev, argv=_argv(), progress=progress)
+        else:
+            manifest = Manifest(command="neighbours", argv=_argv(), model=idx.model, extra={
+                "index": str(idx.directory), "layer": idx.layer, "metric": metric, "k": k, "backend": backend})
+        report = None
+        if evaluate:
+            report = evaluate_purity(idx, (1, 5, 10), metric, backend=backend, progress=progress)
+            manifest.extra["evaluation"] = {
+                "method": "leave-one-out", "metric": metric, "evaluated": report.evaluated,
+                "unlabelled": report.unlabelled, "purity": {str(k_): round(v, 6) for k_, v in report.purity.items()},
+                "per_class": {name: {str(k_): round(v, 6) for k_, v in row.items()}
+                              for name, row in report.per_class.items()},
+            }
+    for err in reversed(find_errors):
+        manifest.errors.insert(0, {"input": err.path, "error": err.reason})
+    if not json_ and not quiet:
+        _print_neighbours(manifest, out)
+        if report is not None:
+            _print_purity(report)
+    n_ok = len(manifest.items) if files or find_errors else 1
+    finish(manifest, out, json_, n_ok)
+
+
+def _print_neighbours(manifest: Any, out: Path) -> None:
+    from rich.table import Table
+
+    if not manifest.items:
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("query", "nearest", "distance", "label", "figure"):
+        table.add_column(col)
+    for item in manifest.items:
+        first = item["neighbours"][0]
+        table.add_row(item["input"], first["path"], f"{first['distance']:.4g}",
+                      str(first["class_name"] or first["label"] or ""), str(out / item["outputs"]["figure"]))
+    console().print(table)
+
+
+def _print_purity(report: Any) -> None:
+    from rich.table import Table
+
+    console().print(f"leave-one-out class purity ({report.metric}, {report.evaluated} labelled images"
+                    + (f", {report.unlabelled} unlabelled left out" if report.unlabelled else "") + "):")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("k", justify="right")
+    table.add_column("purity", justify="right")
+    for k_, value in report.purity.items():
+        table.add_row(str(k_), f"{value:.4f}")
+    console().print(table)
+
+
+# --- tsne -----------------------------------------------------------------------------------------------------
+@handle_errors
+def tsne(
+    gallery: Annotated[Path | None, typer.Argument(
+        help="Folder of images (indexed into OUT/index first, incrementally); or use --index.",
+        show_default=False)] = None,
+    index_dir: Annotated[Path | None, typer.Option("--index", "-i", help="An existing index folder (no re-embedding).",
+                                                   show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="tsne, pca or umap (umap needs the 'umap' extra).")] = "tsne",
+    perplexity: Annotated[float, typer.Option(min=0.0, help="t-SNE perplexity (lowered for small galleries).")] = 30.0,
+    pca_dims: Annotated[int, typer.Option(min=0, help="PCA dimensions before t-SNE/UMAP (0: none).")] = 50,
+    trust_k: Annotated[int, typer.Option(min=1, help="Neighbourhood size of the trustworthiness score.")] = 5,
+    thumb_size: Annotated[int | None, typer.Option(
+        help="Thumbnail side in pixels. Default: 96 up to 100 images, 64 up to 2,500, else 32.",
+        show_default=False)] = None,
+    border: Annotated[int, typer.Option(min=0, help="Width of the label-coloured frame around thumbnails.")] = 3,
+    tsne_backend: Annotated[str, typer.Option(help="t-SNE implementation: auto (openTSNE if installed), opentsne, "
+                                                   "sklearn.")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        help="t-SNE threads (-1: all cores). Default: all cores for 5,000+ images on machines with more than two "
+             "cores, else one.", show_default=False)] = None,
+    labels: LabelsOpt = None,
+    layer: LayerOpt = None,
+    fmt: FormatOpt = "png",
+    model: IndexModelOpt = None,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: IndexBatchOpt = 32,
+    workers: IndexWorkersOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")] = Path(
+        "cnn-explain-out"),
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """2-D map of a gallery (t-SNE, PCA or UMAP): scatter by label, thumbnail map, grid-snapped map, coordinates."""
+    from explain.embedding import METHODS, tsne_backend as pick_backend
+    from explain.figures import check_format
+    from explain.gallery import load_index
+    from explain.gallery_run import MapOptions, run_index, run_tsne
+
+    if (gallery is None) == (index_dir is None):
+        raise UsageError("give either a GALLERY folder or --index DIR (not both)")
+    if method not in METHODS:
+        raise UsageError(f"unknown --method {method!r}: choose tsne, pca or umap")
+    if method == "tsne":
+        pick_backend(tsne_backend)
+    check_format(fmt)
+    opts = MapOptions(method=method, perplexity=perplexity, seed=seed, pca_dims=pca_dims, trust_k=trust_k,
+                      thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
+                      threads=threads)
+    failed: list[dict[str, str]] = []
+    with stage_progress(quiet) as progress:
+        if gallery is not None:
+            folder = out / "index"
+            stored_name, stored_weights, stored_layer = _stored_model(folder)
+            name = model or stored_name or DEFAULT_MODEL
+            if weights is None and stored_name is not None and name == stored_name:
+                weights = stored_weights
+            if layer is None and stored_name is not None and name == stored_name:
+                layer = stored_layer
+            backbone, dev = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+            update, index_manifest = run_index(backbone, gallery, folder, layer=layer, labels=labels,
+                                               weights_arg=weights, batch_size=batch_size, workers=workers,
+                                               device=dev, argv=_argv(), progress=progress)
+            index_manifest.save(folder)
+            failed = index_manifest.errors
+            idx = update.index
+        else:
+            if labels is not None or layer is not None or model is not None or weights is not None:
+                raise UsageError("--labels, --layer, --model and --weights apply when indexing a GALLERY; with --index "
+                                 "the index's own are used (re-index with 'cnn-explain index' to change them)")
+            idx = load_index(index_dir)  # type: ignore[arg-type]
+        manifest = run_tsne(idx, out, opts, argv=_argv(), progress=progress)
+    manifest.errors.extend(failed)
+    if gallery is not None:
+        manifest.extra["index"] = str(out / "index")
+    trust = manifest.extra["trustworthiness"]
+    if not json_ and not quiet:
+        value = trust["value"]
+        console().print(
+            f"{method} map of {len(idx)} images → {out}: trustworthiness@{trust['k']} = "
+            + (f"{value:.4f}" if value is not None else "n/a")
+            + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")
+    if not quiet:
+        for warning in manifest.warnings:
+            stderr_line(f"warning: {warning}")
+    finish(manifest, out, json_, len(idx))
