@@ -8,6 +8,7 @@ import typer
 
 from cli import cam_command, guided_command, model_commands, predict_command
 from cli import filters_command
+from cli import ascent_command
 from cli import gallery_command
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.command("guided-backprop")(guided_command.guided_backprop)
 app.command("saliency")(guided_command.saliency)
 app.command("filters")(filters_command.filters)
 app.command("activations")(filters_command.activations)
+app.command("ascent")(ascent_command.ascent)
 app.command("index")(gallery_command.index)
 app.command("neighbours")(gallery_command.neighbours)
 app.command("tsne")(gallery_command.tsne)
