@@ -46,6 +46,8 @@ def ascent(
         help="fft (1/f spectrum, decorrelated colour) or pixel.", rich_help_panel=_OPT)] = "fft",
     decorrelate: Annotated[bool, typer.Option(
         help="Decorrelated colour (fft only).", rich_help_panel=_OPT)] = True,
+    spectrum_power: Annotated[float, typer.Option(
+        help="fft: frequency f is scaled by 1/f^P (1: like photos; larger: smoother).", rich_help_panel=_OPT)] = 1.0,
     steps: Annotated[int, typer.Option(help="Optimiser (Adam) steps.", rich_help_panel=_OPT)] = 256,
     lr: Annotated[float | None, typer.Option(
         help="Learning rate. Default: 0.05 (fft), 0.01 (pixel).", show_default=False, rich_help_panel=_OPT)] = None,
@@ -58,8 +60,8 @@ def ascent(
     jitter: Annotated[float | None, typer.Option(
         help="Largest random shift in pixels. Default: 6% of the size.", show_default=False,
         rich_help_panel=_OPT)] = None,
-    scale: Annotated[float, typer.Option(help="Largest random zoom (relative).", rich_help_panel=_OPT)] = 0.2,
-    rotate: Annotated[float, typer.Option(help="Largest random rotation (degrees).", rich_help_panel=_OPT)] = 10.0,
+    scale: Annotated[float, typer.Option(help="Largest random zoom (relative).", rich_help_panel=_OPT)] = 0.3,
+    rotate: Annotated[float, typer.Option(help="Largest random rotation (degrees).", rich_help_panel=_OPT)] = 20.0,
     early_stop: Annotated[bool, typer.Option(
         help="Stop an image once its objective plateaus.", rich_help_panel=_OPT)] = True,
     patience: Annotated[int | None, typer.Option(
@@ -68,7 +70,9 @@ def ascent(
     snapshots: Annotated[int, typer.Option(
         help="Keep N snapshots per image and draw the evolution strip.", rich_help_panel=_OPT)] = 0,
     l2: Annotated[float, typer.Option(help="L2 penalty weight (Simonyan).", rich_help_panel=_REG)] = 0.0,
-    decay: Annotated[float, typer.Option(help="L2 decay per step (Yosinski), e.g. 0.01.", rich_help_panel=_REG)] = 0.0,
+    decay: Annotated[float | None, typer.Option(
+        help="L2 decay per step (Yosinski). Default: 0.002 (fft), 0 (pixel).", show_default=False,
+        rich_help_panel=_REG)] = None,
     tv: Annotated[float, typer.Option(help="Total-variation penalty weight.", rich_help_panel=_REG)] = 0.0,
     blur_every: Annotated[int, typer.Option(help="Gaussian blur every K steps (0: off).", rich_help_panel=_REG)] = 0,
     blur_sigma: Annotated[float, typer.Option(help="Blur standard deviation (px).", rich_help_panel=_REG)] = 0.5,
@@ -94,10 +98,10 @@ def ascent(
     from explain.ascent_run import AscentOptions, resolve_ascent_options, run_ascent
 
     config = AscentConfig(
-        param=param.lower(), decorrelate=decorrelate, steps=steps, lr=lr, size=size, transforms=transforms,
-        jitter=jitter, scale=scale, rotate=rotate, l2=l2, decay=decay, tv=tv, blur_every=blur_every,
-        blur_sigma=blur_sigma, clip_norm=clip_norm, clip_contrib=clip_contrib, early_stop=early_stop,
-        patience=patience, snapshots=snapshots,
+        param=param.lower(), decorrelate=decorrelate, spectrum_power=spectrum_power, steps=steps, lr=lr, size=size,
+        transforms=transforms, jitter=jitter, scale=scale, rotate=rotate, l2=l2, decay=decay, tv=tv,
+        blur_every=blur_every, blur_sigma=blur_sigma, clip_norm=clip_norm, clip_contrib=clip_contrib,
+        early_stop=early_stop, patience=patience, snapshots=snapshots,
     )
     config.resolved()  # bad numbers fail before the model loads
     backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()

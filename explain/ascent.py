@@ -15,7 +15,9 @@ channel, one unit), with regularisers that keep the picture readable. The three 
 * :class:`WeightedSum` ``sum_k w_k S_k``, which the operators build (``2 * a - b``).
 
 Several objectives are optimised together as one batch, image ``i`` for objective ``i``; images never interact
-(eval mode), so a batch gives what the objectives give one by one.
+(eval mode), so a batch gives what the objectives give one by one (up to floating-point rounding: convolutions of
+different batch sizes may sum in a different order, and Adam turns a gradient component that is zero up to rounding
+into a full step of either sign, so a few pixels can differ by a few thousandths).
 
 **Parameterisations** (:class:`ImageParam`): what the optimiser actually changes.
 
@@ -32,14 +34,17 @@ Several objectives are optimised together as one batch, image ``i`` for objectiv
 **Regularisers and transformation robustness** (:class:`AscentConfig`):
 
 * L2 penalty ``- l2 * mean((x - 0.5)^2)`` in the objective (Simonyan et al. Eq. 1) and L2 decay
-  ``z <- (1 - decay) z`` after every step (Yosinski et al. Sec. 3, ``r_theta(x) = (1 - theta) x``);
+  ``z <- (1 - decay) z`` after every step (Yosinski et al. Sec. 3, ``r_theta(x) = (1 - theta) x``; 0.002 by default
+  with the Fourier parameterisation, where it keeps colours from saturating);
 * Gaussian blur of ``z`` every ``blur_every`` steps (Yosinski et al.);
 * clipping of pixels with a small norm ``||z_ij||`` or a small contribution ``|sum_c z_cij dS/dz_cij|`` (the
   first-order change of ``S`` if the pixel were grey) below a percentile (Yosinski et al.);
 * total variation ``- tv * mean_ij sqrt(dx^2 + dy^2)`` (Mahendran & Vedaldi 2015, https://arxiv.org/abs/1412.0035);
 * transformation robustness: every step each image is seen through a fresh random jitter, zoom and rotation
-  (one affine resampling), so the optimum must survive small shifts instead of being a pixel-exact adversarial
-  pattern (Olah et al. 2017, "Transformation robustness"). On by default with the Fourier parameterisation.
+  (one bilinear affine resampling, reflecting at the borders), so the optimum must survive small shifts instead of
+  being a pixel-exact adversarial pattern (Olah et al. 2017, "Transformation robustness"). On by default with the
+  Fourier parameterisation: shifts up to 6% of the size, zoom within +-30%, rotation within +-20 degrees (chosen by
+  looking at the pictures: weaker transformations give textures rather than objects).
 
 Here ``z`` is the parameterisation's *linear image*: ``p`` for pixels, ``M z`` (the value before the sigmoid) for
 the Fourier parameterisation; zero means grey in both. Decay, blur and clipping act on it; with the Fourier
@@ -57,9 +62,11 @@ Conventions and deviations (deliberate, tested):
   photo-like colour, and pictures whose colours a person recognises. ``colour_matrix(pixels, 0.5)`` gives the paper's.
 * The optimiser is Adam (maximising), written here so that it can update only the images that are still running:
   with early stopping an image whose objective has plateaued keeps its result and leaves the batch.
-* Randomness is per objective: objective ``i`` has its own generator seeded from ``(seed, i)``
-  (:func:`objective_seed`), which draws its initial image and every transformation, so the images do not depend on
-  which other objectives share the batch, nor on the device.
+* Randomness is per objective: objective ``i`` has its own CPU generator seeded from ``(seed, i)``
+  (:func:`objective_seed`), which draws its initial image and every transformation, so the random numbers do not
+  depend on which other objectives share the batch, nor on the device. The same seed gives identical images on the
+  same machine with the same number of threads (other hardware rounds differently, and rounding differences grow
+  over hundreds of steps).
 * Early stop (per image): once the least-squares trend of the objective over the last ``2 * patience`` steps
   rises by at most ``plateau_tol`` times its magnitude per ``patience`` steps, on ``patience // 4`` consecutive
   steps (the objective is noisy under random transformations, so one flat-looking window is not enough).
@@ -69,7 +76,9 @@ Conventions and deviations (deliberate, tested):
   taken with :func:`torch.autograd.grad` with respect to the image parameters only, so parameter ``.grad`` fields
   stay untouched and the autograd engine skips weight gradients.
 * Speed: layers are read with forward hooks; when every objective lives at intermediate layers, the forward pass
-  is cut short by an exception raised from the hook of the last layer needed, so the head never runs.
+  is cut short by an exception raised from the hook of the last layer needed, so the head never runs. Rendering,
+  transformations and Adam add about 10% to the network's forward + input-only backward pass (8 images at 224 px on
+  EfficientNet-Lite0, ``bench/ascent_speed.py``).
 """
 
 from __future__ import annotations
@@ -109,6 +118,7 @@ __all__ = [
     "colour_matrix",
     "objective_seed",
     "parse_channels",
+    "parse_neuron_spec",
     "parse_objective",
 ]
 
@@ -116,8 +126,8 @@ __all__ = [
 OUTPUT = "<output>"
 
 #: The colour mixing matrix ``M`` of the Fourier parameterisation: ``C^(1/4)`` for the RGB covariance ``C`` of photos
-#: (symmetric, ``U L^(1/4) U^T``), scaled to spectral norm 1. Derived with ``colour_matrix(pixels, power=0.25)`` from the
-#: 44 photos in ``sample_images/`` (top level and gallery, each resized to 128 x 128). Its eigenvectors are the
+#: (symmetric, ``U L^(1/4) U^T``), scaled to spectral norm 1. Derived with ``colour_matrix(pixels, power=0.25)`` from
+#: the 44 photos in ``sample_images/`` (top level and gallery, each resized to 128 x 128). Its eigenvectors are the
 #: decorrelated colour axes of photos (brightness, blue-orange, green-magenta), with gains 1, 0.51 and 0.30.
 COLOUR_MATRIX = (
     (0.65562669, 0.20971692, 0.12801802),
@@ -560,6 +570,8 @@ class AscentConfig:
     Attributes:
         param: ``"fft"`` (Fourier, decorrelated colour) or ``"pixel"``.
         decorrelate: decorrelated colour in the Fourier parameterisation.
+        spectrum_power: the Fourier parameterisation scales frequency ``f`` by ``1 / max(f, 1) ** spectrum_power``
+            (1: the 1/f spectrum of photos; larger: smoother images).
         steps: optimiser steps (the most; early stop may end an image sooner).
         lr: Adam learning rate; ``None``: 0.05 for ``fft``, 0.01 for ``pixel``.
         size: image side in pixels (square); ``None``: 224.
@@ -569,7 +581,8 @@ class AscentConfig:
         scale: largest relative zoom (uniform in ``[1 - scale, 1 + scale]``).
         rotate: largest rotation in degrees (uniform in ``[-rotate, rotate]``).
         l2: weight of the L2 penalty ``mean((x - 0.5)^2)`` subtracted from the objective.
-        decay: L2 decay: the linear image is multiplied by ``1 - decay`` after every step.
+        decay: L2 decay: the linear image is multiplied by ``1 - decay`` after every step; ``None``: 0.002 for
+            ``fft`` (it keeps colours from saturating and pictures cleaner), 0 for ``pixel``.
         tv: weight of the total-variation penalty.
         blur_every: blur the linear image every this many steps (0: never), with standard deviation ``blur_sigma``.
         blur_sigma: in pixels.
@@ -583,16 +596,17 @@ class AscentConfig:
 
     param: str = "fft"
     decorrelate: bool = True
+    spectrum_power: float = 1.0
     steps: int = 256
     lr: float | None = None
     size: int | None = None
     init_std: float = 0.01
     transforms: bool | None = None
     jitter: float | None = None
-    scale: float = 0.2
-    rotate: float = 10.0
+    scale: float = 0.3
+    rotate: float = 20.0
     l2: float = 0.0
-    decay: float = 0.0
+    decay: float | None = None
     tv: float = 0.0
     blur_every: int = 0
     blur_sigma: float = 0.5
@@ -620,13 +634,15 @@ class AscentConfig:
         if size < 8:
             raise UsageError(f"--size {size} is too small: images must be at least 8 pixels wide")
         jitter = round(0.06 * size) if self.jitter is None else self.jitter
+        decay = (0.002 if self.param == "fft" else 0.0) if self.decay is None else self.decay
         checks = [
             (self.init_std >= 0, "--init-std must not be negative"),
+            (0 <= self.spectrum_power <= 4, f"--spectrum-power must lie in [0, 4] (got {self.spectrum_power})"),
             (0 <= jitter < size / 2, f"--jitter must lie in [0, size/2) (got {jitter})"),
             (0 <= self.scale < 1, f"--scale must lie in [0, 1) (got {self.scale})"),
             (0 <= self.rotate <= 180, f"--rotate must lie in [0, 180] degrees (got {self.rotate})"),
             (self.l2 >= 0 and self.tv >= 0, "--l2 and --tv must not be negative"),
-            (0 <= self.decay < 1, f"--decay must lie in [0, 1) (got {self.decay})"),
+            (0 <= decay < 1, f"--decay must lie in [0, 1) (got {decay})"),
             (self.blur_every >= 0 and self.blur_sigma > 0, "--blur-every must be >= 0 and --blur-sigma > 0"),
             (0 <= self.clip_norm < 100 and 0 <= self.clip_contrib < 100,
              "--clip-norm and --clip-contrib are percentiles in [0, 100)"),
@@ -639,7 +655,8 @@ class AscentConfig:
                 raise UsageError(message)
         transforms = (self.param == "fft") if self.transforms is None else self.transforms
         patience = max(10, self.steps // 8) if self.patience is None else self.patience
-        return replace(self, lr=lr, size=size, jitter=float(jitter), transforms=transforms, patience=patience)
+        return replace(self, lr=lr, size=size, jitter=float(jitter), decay=decay, transforms=transforms,
+                       patience=patience)
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -874,6 +891,14 @@ class _Adam:
     @torch.no_grad()
     def step(self, tensor: torch.Tensor, grad: torch.Tensor, rows: torch.Tensor) -> None:
         b1, b2 = self.betas
+        if len(rows) == len(tensor):  # every image still runs: in place, no gathers and scatters
+            self.t += 1
+            step = int(self.t[0])
+            self.m.mul_(b1).add_(grad, alpha=1 - b1)
+            self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+            denom = (self.v / (1 - b2 ** step)).sqrt_().add_(self.eps)
+            tensor.addcdiv_(self.m, denom, value=self.lr / (1 - b1 ** step))
+            return
         self.t[rows.cpu()] += 1
         t = self.t[rows.cpu()].to(torch.float64)
         m = self.m[rows].mul_(b1).add_(grad, alpha=1 - b1)
@@ -954,8 +979,8 @@ class _Engine:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         size = (int(cfg.size), int(cfg.size))  # type: ignore[arg-type]
         if cfg.param == "fft":
-            self.param: ImageParam = FourierParam(self.generators, size, cfg.init_std, decorrelate=cfg.decorrelate,
-                                                  device=device)
+            self.param: ImageParam = FourierParam(self.generators, size, cfg.init_std, cfg.spectrum_power,
+                                                  decorrelate=cfg.decorrelate, device=device)
         else:
             self.param = PixelParam(self.generators, size, cfg.init_std, device=device)
         self.transforms = _Transforms(cfg) if cfg.transforms else None
@@ -1088,13 +1113,17 @@ class _Engine:
     def _regularise(self, step: int, rows: torch.Tensor, contrib_grad: torch.Tensor | None) -> None:
         """Decay, blur and clipping of the linear image (Yosinski et al.), written back into the parameters."""
         cfg = self.cfg
+        if cfg.decay:
+            # Both linear images are linear in the parameter tensor, so decaying the tensor decays the image.
+            if len(rows) == len(self.objectives):
+                self.param.tensor.mul_(1.0 - float(cfg.decay))
+            else:
+                self.param.tensor[rows] *= 1.0 - float(cfg.decay)
         blur = cfg.blur_every > 0 and step % cfg.blur_every == 0
-        if not (cfg.decay > 0 or blur or cfg.clip_norm > 0 or contrib_grad is not None):
+        if not (blur or cfg.clip_norm > 0 or contrib_grad is not None):
             return
         _, z = self.param.render(rows)
         z = z.detach()
-        if cfg.decay > 0:
-            z = z * (1.0 - cfg.decay)
         if blur:
             z = _gaussian_blur(z, cfg.blur_sigma)
         if cfg.clip_norm > 0:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import TargetError, UsageError
-from explain.manifest import Manifest, safe_stem, write_bytes, write_figure, write_npy
+from explain.manifest import Manifest, write_bytes, write_figure, write_npy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -127,7 +127,7 @@ def run_ascent(
                         extra={"seed": seed, "config": config.as_dict(), "outputs": {}})
     probs = result.probabilities
     for i, objective in enumerate(result.objectives):
-        stem = f"images/{i:02d}_{safe_stem(_slug(objective))}"
+        stem = f"images/{i:02d}_{_file_safe(_slug(objective))}"
         outputs: dict[str, str] = {"image": f"{stem}.png", "array": f"{stem}.npy"}
         write_bytes(out / outputs["image"], png_bytes(result.images[i]))
         write_npy(out / outputs["array"], result.images[i])
@@ -162,6 +162,13 @@ def run_ascent(
         write_figure(out / run_outputs["snapshots"], strip, dpi=100)  # many noisy cells: keep the file small
     manifest.extra["outputs"] = run_outputs
     return manifest, result
+
+
+def _file_safe(text: str) -> str:
+    """Letters, digits, ``_`` and ``-`` only (``_blocks.8_c3`` -> ``_blocks-8_c3``); never empty."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:100] or "objective"
 
 
 def _slug(objective: Objective) -> str:

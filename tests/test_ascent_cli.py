@@ -65,13 +65,15 @@ def test_json_and_same_seed_same_images(tmp_path: Path, small_run) -> None:
     printed = json.loads(result.stdout)
     assert printed["items"][0]["seed"] == manifest["items"][0]["seed"]
     # Objective 0 has the same seed in both runs, so the same image although the first run had a bigger batch (up to
-    # rounding: convolutions of different batch sizes may sum in a different order, and Adam's first steps follow the
-    # sign of the gradient, so components that are nearly zero can differ by a step).
+    # rounding: convolutions of different batch sizes may sum in a different order, and Adam turns gradient components
+    # that are zero up to rounding into full steps of either sign).
     a = np.load(out / manifest["items"][0]["outputs"]["array"])
     b = np.load(again / printed["items"][0]["outputs"]["array"])
-    np.testing.assert_allclose(a, b, atol=1e-3)
+    # Adam's first step is lr * sign(gradient) for every coefficient, so after 3 steps this is the worst case:
+    # mean ~0.001 here, against ~0.02 between different seeds or objectives.
+    assert np.abs(a - b).mean() < 5e-3 and np.abs(a - b).max() < 0.05
     other = np.load(out / manifest["items"][1]["outputs"]["array"])
-    assert np.abs(a - other).max() > 0.05
+    assert np.abs(a - other).mean() > 0.01
 
 
 @pytest.mark.parametrize(
