@@ -185,13 +185,13 @@ def neighbours(
         raise UsageError(f"unknown --metric {metric!r}: choose l2 or cosine")
     if not images and not evaluate:
         raise UsageError("give query IMAGES, or --evaluate to measure the labelled gallery (see --help)")
-    idx = load_index(index_dir)
-    opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower())
     from explain.figures import check_format
-    from explain.gallery import _check_search_args
+    from explain.gallery import check_search_args
 
-    _check_search_args(k, metric, backend)
+    opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower())
+    check_search_args(k, metric, backend)
     check_format(opts.fmt)
+    idx = load_index(index_dir)
     files, find_errors = collect_images(images) if images else ([], [])
     with stage_progress(quiet) as progress:
         if files:

@@ -859,13 +859,16 @@ def build_index(
 # Search
 
 
-def _check_search_args(k: int, metric: str, backend: str) -> None:
+def check_search_args(k: int, metric: str, backend: str) -> None:
     if k < 1:
         raise UsageError(f"-k must be at least 1 (got {k})")
     if metric not in METRICS:
         raise UsageError(f"unknown metric {metric!r}: choose l2 or cosine")
     if backend not in BACKENDS:
         raise UsageError(f"unknown search backend {backend!r}: choose auto, torch or faiss")
+    if backend == "faiss" and not faiss_available():
+        raise UsageError("the faiss backend needs faiss: pip install faiss-cpu (or 'cnn-explain[faiss]'), "
+                         "or use --backend torch (same results)")
 
 
 def faiss_available() -> bool:
@@ -909,7 +912,7 @@ def search(
     Raises:
         UsageError: bad ``k``/``metric``/``backend``, mismatched dimensions, faiss missing.
     """
-    _check_search_args(k, metric, backend)
+    check_search_args(k, metric, backend)
     queries = np.asarray(queries)
     if queries.ndim != 2 or base.ndim != 2 or queries.shape[1] != base.shape[1]:
         raise UsageError(f"query features {queries.shape} and gallery features {base.shape} do not fit")

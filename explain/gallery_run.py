@@ -368,7 +368,7 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
                                "label": entry.label, "class_name": entry.class_name, "sha256": entry.sha256})
         thumbs = [load_thumbnail(index.file(int(g)), opts.thumb) for g in found.ids[q]]
         unit = "d" if opts.metric == "l2" else "1-cos"
-        captions = [f"#{n['rank']} {unit}={n['distance']:.3g}\n"
+        captions = [f"#{n['rank']} {unit}={n['distance']:.4g}\n"
                     f"{_short(str(index.entries[n['row']].label_name or n['path']))}" for n in neighbours]
         fig = neighbours_figure(load_thumbnail(file.path, opts.thumb), f"query\n{_short(Path(file.display).name)}",
                                 thumbs, captions, opts.thumb)
