@@ -51,6 +51,10 @@ class InputError(ExplainError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        # Exceptions pickle as (cls, args); ours takes (path, reason), so say so (DataLoader workers pickle it).
+        return (InputError, (self.path, self.reason))
+
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Return a ``" (did you mean: a, b?)"`` suffix with the closest candidates, or ``""`` if none is close."""

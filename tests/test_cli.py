@@ -167,3 +167,21 @@ def test_layers_embedded_model_shows_tf_same_padding() -> None:
     assert result.exit_code == 0
     line = next(line for line in result.stdout.splitlines() if line.startswith("_conv_stem"))
     assert "tf-same" in line and "32x112x112" in line
+
+
+def test_bad_files_with_decoding_workers(tmp_path: Path, samples: Path) -> None:
+    """Per-file errors cross the DataLoader worker boundary (they must pickle) and the run goes on."""
+    import pickle
+    import shutil
+
+    from explain.errors import InputError
+
+    err = pickle.loads(pickle.dumps(InputError("a.jpg", "empty file (0 bytes)")))
+    assert (err.path, err.reason) == ("a.jpg", "empty file (0 bytes)")
+    shutil.copy(samples / "coffee.png", tmp_path / "coffee.png")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    result = run("predict", str(tmp_path), "--workers", "2", "--json", "--quiet")
+    assert result.exit_code == 1, result.output
+    manifest = json.loads(result.stdout)
+    assert [Path(i["input"]).name for i in manifest["items"]] == ["coffee.png"]
+    assert "empty file" in manifest["errors"][0]["error"]
