@@ -29,14 +29,13 @@ faiss-cpu``) only replaces the candidate step and gives identical results.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -450,7 +449,7 @@ def embed_files(
     import torch
     from torch.utils.data import DataLoader
 
-    from explain.hooks import LayerTap, eval_mode
+    from explain.hooks import LayerTap, channels_last_layout, eval_mode
     from explain.modules import resolve_layer
 
     if batch_size < 1:
@@ -472,7 +471,7 @@ def embed_files(
     def stop(*_: Any) -> None:
         raise _Stop
 
-    with eval_mode(model), _channels_last(model, channels_last) as fast:
+    with eval_mode(model), channels_last_layout(model, channels_last) as fast:
         layout = torch.channels_last if fast else torch.contiguous_format
         for batch_rows, tensor, batch_hashes, batch_errors in loader:
             errors.extend(InputError(path, reason) for _, (path, reason) in batch_errors)
@@ -498,32 +497,6 @@ def embed_files(
                 progress("embedding", len(batch_rows) + len(batch_errors), len(files))
     features = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return EmbedResult(rows, hashes, np.ascontiguousarray(features, dtype=np.float32), errors, pooling)
-
-
-@contextlib.contextmanager
-def _channels_last(model: Any, enabled: bool) -> Iterator[bool]:
-    """Run ``model`` in the channels-last layout inside the block when that is possible; restore it afterwards.
-
-    Only a model whose 4-D parameters and buffers are all in the default layout is converted (so restoring the
-    default layout gives back exactly what was there). Yields whether the model was converted.
-    """
-    import itertools
-
-    import torch
-
-    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() == 4] if enabled else []
-    if not tensors or not all(t.is_contiguous() for t in tensors):
-        yield False
-        return
-    try:
-        model.to(memory_format=torch.channels_last)
-    except Exception:  # noqa: BLE001 - an exotic module: run it as it is
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        model.to(memory_format=torch.contiguous_format)
 
 
 def default_workers() -> int:

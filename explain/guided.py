@@ -74,7 +74,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from explain.errors import UsageError
-from explain.hooks import LayerTap, eval_mode
+from explain.hooks import LayerTap, channels_last_layout, eval_mode, prefers_channels_last
 from explain.modules import resolve_layer
 from explain.scores import Rank, Target, expand_targets, rank_scores
 from explain.targets import ClassTarget, NeuronTarget, TopK
@@ -465,8 +465,12 @@ def input_gradients(
     inputs = check_inputs(inputs)
     layers = neuron_layers(model, targets)
     guided = GuidedRectifiers(model, rule) if rule is not None else None
-    with torch.inference_mode(False), eval_mode(model):
-        leaf = prepare_input(model, inputs).requires_grad_(True)
+    with torch.inference_mode(False), eval_mode(model), \
+            channels_last_layout(model, prefers_channels_last(model)) as fast:
+        leaf = prepare_input(model, inputs)
+        if fast:
+            leaf = leaf.contiguous(memory_format=torch.channels_last)
+        leaf.requires_grad_(True)
         tap = LayerTap(model, layers)
         with torch.enable_grad(), tap, (guided if guided is not None else contextlib.nullcontext()):
             output = model(leaf.clone())
@@ -483,7 +487,7 @@ def input_gradients(
             grad = None
             if score.requires_grad:
                 (grad,) = torch.autograd.grad(score.sum(), leaf, retain_graph=r < len(ranks) - 1, allow_unused=True)
-            grads.append(grad.detach() if grad is not None else torch.zeros_like(leaf))
+            grads.append(grad.detach().contiguous() if grad is not None else torch.zeros_like(leaf).contiguous())
         del tap, output
     return ranks, grads, logits, scores, guided
 

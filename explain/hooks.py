@@ -26,7 +26,7 @@ from torch import nn
 from explain.errors import LayerError
 from explain.modules import resolve_layer
 
-__all__ = ["LayerTap", "eval_mode", "spatial_layer_error"]
+__all__ = ["LayerTap", "channels_last_layout", "eval_mode", "prefers_channels_last", "spatial_layer_error"]
 
 
 @contextlib.contextmanager
@@ -43,6 +43,47 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+@contextlib.contextmanager
+def channels_last_layout(model: nn.Module, enabled: bool) -> Iterator[bool]:
+    """Run ``model`` in the channels-last memory layout inside the block when possible; restore it afterwards.
+
+    Only a model whose 4-D parameters and buffers are all in the default layout is converted (so converting back
+    gives exactly what was there: same tensors, same values, ``.grad`` included). Yields whether it was converted.
+    """
+    import itertools
+
+    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() == 4] if enabled else []
+    if not tensors or not all(t.is_contiguous() for t in tensors):
+        yield False
+        return
+    try:
+        model.to(memory_format=torch.channels_last)
+    except Exception:  # noqa: BLE001 - an exotic module: run it as it is
+        model.to(memory_format=torch.contiguous_format)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether backward passes through ``model`` are faster in the channels-last layout on this device.
+
+    Measured on x86 CPUs (``bench/guided_speed.py``): depthwise convolutions (MobileNet / EfficientNet style) back-
+    propagate much faster channels-last (oneDNN), while ResNet-style dense convolutions get slower. So: CPU models
+    with at least one depthwise convolution.
+    """
+    depthwise = any(
+        isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules()
+    )
+    if not depthwise:
+        return False
+    param = next(model.parameters(), None)
+    return param is None or param.device.type == "cpu"
 
 
 def spatial_layer_error(name: str, output: Any) -> LayerError:

@@ -12,6 +12,7 @@ from torch import nn
 
 from explain.errors import LayerError, TargetError, UsageError
 from explain.guided import GuidedRectifiers, guided_backprop
+from explain.hooks import prefers_channels_last
 from explain.saliency import saliency
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
@@ -432,6 +433,7 @@ def snapshot(model: nn.Module) -> dict:
         "grad": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
         "modules": [(n, type(m)) for n, m in model.named_modules()],
         "inplace": {n: getattr(m, "inplace", None) for n, m in model.named_modules()},
+        "tensors": {k: (id(v), v.is_contiguous()) for k, v in model.state_dict(keep_vars=True).items()},
     }
 
 
@@ -440,6 +442,7 @@ def assert_same(before: dict, after: dict) -> None:
     assert before["hooks"] == after["hooks"]
     assert before["requires_grad"] == after["requires_grad"]
     assert before["modules"] == after["modules"] and before["inplace"] == after["inplace"]
+    assert before["tensors"] == after["tensors"]  # same parameter objects, back in their own memory layout
     for key, value in before["state"].items():
         assert torch.equal(value, after["state"][key]), key
     for key, value in before["grad"].items():
@@ -450,12 +453,15 @@ def assert_same(before: dict, after: dict) -> None:
 @pytest.mark.parametrize("training", [False, True])
 def test_model_left_exactly_as_found(training: bool) -> None:
     torch.manual_seed(0)
+    # the depthwise convolution makes the engines run channels-last (faster on CPU); the layout must come back
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                          nn.Flatten(), nn.Linear(4 * 36, 3))
+                          nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Flatten(), nn.Linear(4 * 36, 3))
+    assert prefers_channels_last(model)
     model.train(training)
     model[1].eval()  # a mixed state must survive too
     model[0].weight.requires_grad_(False)
-    model[5].weight.grad = torch.ones_like(model[5].weight)
+    model[4].weight.grad = torch.ones_like(model[4].weight)
+    model[6].weight.grad = torch.ones_like(model[6].weight)
     x = torch.randn(2, 3, 8, 8)
     probe = x.clone().requires_grad_(True)
     with torch.no_grad():
