@@ -376,26 +376,24 @@ class _FeatureDataset:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
-        # A failure travels as plain (path, reason) strings: InputError itself does not survive pickling between
-        # processes (its constructor takes two arguments).
         from explain.images import load_image
 
         file = self.files[i]
         try:
             loaded = load_image(file.path, display=file.display)
             return i, self.preprocess(loaded.image), loaded.sha256
-        except InputError as exc:
-            return i, (exc.path, exc.reason), None
+        except InputError as exc:  # travels back from a worker process as is (InputError pickles)
+            return i, exc, None
         except Exception as exc:  # noqa: BLE001 - any failure here belongs to this file only
-            return i, (file.display, f"cannot preprocess: {exc}"), None
+            return i, InputError(file.display, f"cannot preprocess: {exc}"), None
 
 
-def _collate(items: list[Any]) -> tuple[list[int], Any, list[str], list[tuple[int, tuple[str, str]]]]:
+def _collate(items: list[Any]) -> tuple[list[int], Any, list[str], list[tuple[int, InputError]]]:
     import torch
 
     rows, tensors, hashes, errors = [], [], [], []
     for i, value, digest in items:
-        if isinstance(value, tuple):
+        if isinstance(value, InputError):
             errors.append((i, value))
         else:
             rows.append(i)
@@ -474,7 +472,7 @@ def embed_files(
     with eval_mode(model), channels_last_layout(model, channels_last) as fast:
         layout = torch.channels_last if fast else torch.contiguous_format
         for batch_rows, tensor, batch_hashes, batch_errors in loader:
-            errors.extend(InputError(path, reason) for _, (path, reason) in batch_errors)
+            errors.extend(error for _, error in batch_errors)
             if tensor is not None:
                 with LayerTap(model, [layer]) as tap, torch.inference_mode():
                     handle = module.register_forward_hook(stop)
