@@ -10,6 +10,7 @@ from cli import cam_command, guided_command, model_commands, predict_command
 from cli import filters_command
 from cli import ascent_command
 from cli import gallery_command
+from cli import report_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -50,6 +51,7 @@ app.command("ascent")(ascent_command.ascent)
 app.command("index")(gallery_command.index)
 app.command("neighbours")(gallery_command.neighbours)
 app.command("tsne")(gallery_command.tsne)
+app.command("report")(report_command.report)
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "GradientOptions",
     "gradient_panel",
     "gradient_rgb",
+    "image_seed",
     "magnitude_map",
     "resolve_gradient_options",
     "robust_scale",
@@ -349,7 +350,7 @@ def resolve_gradient_options(backbone: Backbone, opts: GradientOptions) -> _Reso
     return _Resolved(targets, cam_layers, cam_method)
 
 
-def _image_seed(seed: int, sha256: str) -> int:
+def image_seed(seed: int, sha256: str) -> int:
     """A per-image noise seed that depends only on ``seed`` and the image's content (not on batching or order)."""
     return (int(sha256[:15], 16) ^ (int(seed) & 0x7FFFFFFFFFFFFFFF)) & 0x7FFFFFFFFFFFFFFF
 
@@ -391,7 +392,7 @@ def run_gradients(
                 with_cam=resolved.cam_method, cam_layers=resolved.cam_layers or None,
             )
         else:
-            seeds = [_image_seed(opts.seed, s.loaded.sha256) for s in batch.samples]
+            seeds = [image_seed(opts.seed, s.loaded.sha256) for s in batch.samples]
             result = saliency(
                 backbone.model, x, resolved.targets, samples=opts.samples, noise=opts.noise, seed=seeds,
                 times_input=opts.times_input, unit=opts.unit, batch_size=settings.batch_size,  # type: ignore[arg-type]

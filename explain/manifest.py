@@ -29,7 +29,7 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
-def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through a temporary file in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,7 +46,7 @@ def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Atomically write ``data`` to ``path``."""
-    return _atomic(path, lambda h: h.write(data))
+    return atomic_write(path, lambda h: h.write(data))
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -61,7 +61,7 @@ def write_npy(path: Path, array: Any) -> Path:
     arr = np.asarray(array)
     if arr.dtype.kind == "f":
         arr = arr.astype(np.float32, copy=False)
-    return _atomic(path, lambda h: np.save(h, arr, allow_pickle=False))
+    return atomic_write(path, lambda h: np.save(h, arr, allow_pickle=False))
 
 
 def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
@@ -69,7 +69,7 @@ def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
     fmt = path.suffix.lstrip(".").lower()
     # Light PNG compression: level 1 files are ~15% larger than level 6 and several times faster to write.
     extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
-    return _atomic(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, **extra))
+    return atomic_write(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, **extra))
 
 
 def tool_record() -> dict[str, Any]:

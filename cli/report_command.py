@@ -1,0 +1,93 @@
+"""``cnn-explain report``: one self-contained HTML page per image (and an index page), or a multi-page PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cli.cam_command import OutOpt
+from cli.common import (
+    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
+    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, collect_images, console, handle_errors, run_image_command,
+)
+
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.manifest import Manifest
+    from explain.report import Reporter
+
+
+@handle_errors
+def report(
+    images: ImagesArg,
+    index_dir: Annotated[Path | None, typer.Option(
+        "--index", "-i", help="A gallery index folder ('cnn-explain index'): adds the nearest gallery images.",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html (a page per image + index.html) or pdf (report.pdf, "
+                                                      "one page per image).")] = "html",
+    top: Annotated[int, typer.Option(min=1, help="Predictions listed per image.")] = 5,
+    samples: Annotated[int, typer.Option(
+        min=0, help="SmoothGrad noisy copies per image (0: the plain input gradient; the paper uses 50).")] = 16,
+    noise: Annotated[float, typer.Option(
+        min=0.0, help="SmoothGrad noise: standard deviation as a fraction of each image's input range.")] = 0.15,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Nearest gallery images shown with --index.")] = 6,
+    metric: Annotated[str, typer.Option(help="Neighbour distance: l2 or cosine.")] = "l2",
+    model: ModelOpt = "efficientnet_lite0",
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 8,
+    workers: WorkersOpt = 0,
+    out: OutOpt = Path("cnn-explain-out"),
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Per-image reports: top predictions, Grad-CAM++ of the top 3 classes, guided backprop, guided Grad-CAM++,
+    SmoothGrad, the most active channel and its receptive field, and nearest gallery images (--index)."""
+    from explain.report import ReportOptions, run_report
+
+    opts = ReportOptions(top=top, samples=samples, noise=noise, seed=seed, neighbours=k, metric=metric,
+                         fmt=fmt).check()
+    index = None
+    if index_dir is not None:
+        from explain.gallery import load_index
+
+        index = load_index(index_dir)
+    _, find_errors = collect_images(images)  # shown on the index page; run_image_command lists them in the manifest
+    prepared: dict[str, Reporter] = {}
+
+    def prepare(backbone: Backbone) -> None:
+        from explain.report import Reporter
+
+        prepared["reporter"] = Reporter(backbone, opts, index)
+
+    run_image_command(
+        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), "report",
+        execute=lambda backbone, files, settings: run_report(prepared["reporter"], files, out, settings, find_errors),
+        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers, prepare=prepare,
+        summarize=lambda manifest: _summary(manifest, out),
+    )
+
+
+def _summary(manifest: Manifest, out: Path) -> None:
+    """A table of the reports: input, top class, page; then where the index page or PDF is."""
+    from rich.table import Table
+
+    if not manifest.items:
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("input", "top class", "p", "report"):
+        table.add_column(col)
+    for item in manifest.items:
+        top: dict[str, Any] = item["explained"][0]
+        where = item["outputs"].get("page") or f"{item['outputs']['pdf']} p. {item['outputs']['pdf_page']}"
+        table.add_row(item["input"], f"{top['index']} {top['name']}", f"{top['prob']:.3f}", str(out / where))
+    console().print(table)
+    outputs = manifest.extra.get("outputs") or {}
+    if "index" in outputs:
+        console().print(f"open {out / outputs['index']}")

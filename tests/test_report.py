@@ -1,0 +1,231 @@
+"""The report library: its data equals the engines', hand-checked channels and receptive fields, escaped pages."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explain.backbones.base import Backbone, Preprocess
+from explain.report import Reporter, ReportOptions, page_names
+from explain.report_render import _REFERENCES, ReportPage, index_html, mpl_text, page_html
+from explain.targets import ClassTarget
+
+HOSTILE = ["<b>bold</b>", "a$b$c & <i>", "<script>alert(1)</script>", "plain"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Tiny(nn.Module):
+    """conv 3x3 (valid) -> ReLU -> conv 1x1 = ``head`` (the default layer) -> ReLU -> mean -> linear.
+
+    Weights are set by hand: ``stem`` channel c is the sum of colour channel c over a 3x3 window; ``head`` copies
+    those three channels and adds a fourth that is twice channel 0 (the most active channel for any image whose red
+    channel dominates, and where the red channel is largest).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 3, bias=False)
+        self.act1 = nn.ReLU()
+        self.head = nn.Conv2d(3, 4, 1, bias=False)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.stem.weight.zero_()
+            for c in range(3):
+                self.stem.weight[c, c] = 1.0
+            self.head.weight.zero_()
+            for c in range(3):
+                self.head.weight[c, c, 0, 0] = 1.0
+            self.head.weight[3, 0, 0, 0] = 2.0
+            self.fc.weight.copy_(torch.eye(4) + 0.1)
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act2(self.head(self.act1(self.stem(x)))).mean(dim=(2, 3)))
+
+
+def tiny_backbone() -> Backbone:
+    preprocess = Preprocess(resize=None, crop=(12, 12), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return Backbone(name="tiny", model=Tiny().eval(), preprocess=preprocess, class_names=list(HOSTILE),
+                    default_layer="head", feature_layer="head", weights="hand-set")
+
+
+def test_most_active_channel_and_receptive_field_by_hand() -> None:
+    """Input: zeros, red = 1 on pixel (y 5, x 7) and 0.5 on (2, 2), green 0.25 on (9, 9).
+
+    The stem's red map is the 3x3 box sum, so the head's channel 3 (= 2 x red) has the largest mean,
+    2 (9 x 1 + 9 x 0.5) / 100; its peak 2.0 sits at every unit of the 10x10 grid whose 3x3 window covers (5, 7):
+    y 3..5, x 5..7; the first in row-major order is (3, 5), whose receptive field is the box x 5..8, y 3..6.
+    """
+    backbone = tiny_backbone()
+    x = torch.zeros(1, 3, 12, 12)
+    x[0, 0, 5, 7] = 1.0
+    x[0, 0, 2, 2] = 0.5
+    x[0, 1, 9, 9] = 0.25  # a little green: classes 1 and 2 do not tie
+    reporter = Reporter(backbone, ReportOptions(top=3, cams=2, samples=0))
+    (exp,) = reporter.explain(x)
+    ch = exp.channel
+    assert (ch.layer, ch.channel, ch.channels) == ("head", 3, 4)
+    assert ch.activation.shape == (10, 10)
+    assert ch.unit == (3, 5) and ch.value == pytest.approx(2.0)
+    assert ch.mean == pytest.approx(2.0 * (9 * 1.0 + 9 * 0.5) / 100)
+    assert ch.box == (5.0, 3.0, 8.0, 6.0) and ch.rf_size == (3, 3)
+    # prediction: logits = (I + 0.1) @ mean(head) -> class 3 (twice channel 0) first, then class 0
+    assert [p.index for p in exp.predictions] == [3, 0, 1]
+    assert [c.index for c in exp.classes] == [3, 0] and [c.rank for c in exp.classes] == [1, 2]
+    assert exp.classes[0].name == HOSTILE[3] and exp.classes[1].name == HOSTILE[0]
+    assert exp.smoothgrad_info["samples"] == 0 and exp.smoothgrad.shape == (3, 12, 12)
+
+
+def test_report_data_equals_the_engines(lite0, samples: Path) -> None:
+    """Each section holds exactly what the engine returns when asked on its own (other batch, explicit class)."""
+    from explain.activations import feature_maps
+    from explain.cam import compute_cams
+    from explain.guided import guided_backprop
+    from explain.images import load_image
+    from explain.layers import receptive_field
+    from explain.predict import top_classes
+    from explain.saliency import saliency
+
+    images = [load_image(samples / name).image for name in ("chelsea.png", "coffee.png")]
+    x = torch.stack([lite0.preprocess(im) for im in images])
+    reporter = Reporter(lite0, ReportOptions(samples=2, cams=3, top=5))
+    explanations = reporter.explain(x, seeds=[11, 42])
+    model, layer = lite0.model, lite0.default_layer
+    row = receptive_field(model, layer, lite0.input_size)
+    for i, exp in enumerate(explanations):
+        xi = x[i:i + 1]
+        ref_top = top_classes(compute_cams(model, xi, layer, [ClassTarget(0)]).logits, lite0.class_names, 5)[0]
+        assert [p.index for p in exp.predictions] == [p.index for p in ref_top]
+        np.testing.assert_allclose([p.prob for p in exp.predictions], [p.prob for p in ref_top], rtol=1e-4)
+        assert [c.index for c in exp.classes] == [p.index for p in ref_top[:3]]
+        for cls in exp.classes:
+            ref = compute_cams(model, xi, layer, [ClassTarget(cls.index)], "gradcam++").maps[0]
+            np.testing.assert_allclose(cls.cam, ref.map, atol=1e-4)
+            np.testing.assert_allclose(cls.cam_layer, ref.maps_layer[layer], rtol=1e-3, atol=1e-6)
+            assert cls.score == pytest.approx(ref.score, rel=1e-4)
+        top = ClassTarget(exp.top.index)
+        guided = guided_backprop(model, xi, [top]).maps[0].gradient
+        scale = np.abs(guided).max()
+        np.testing.assert_allclose(exp.guided, guided, atol=1e-4 * scale)
+        with_cam = guided_backprop(model, xi, [top], with_cam="gradcam++", cam_layers=[layer]).maps[0]
+        np.testing.assert_allclose(exp.guided_cam, with_cam.gradient, atol=1e-4 * scale)
+        np.testing.assert_allclose(exp.guided_cam, exp.guided * exp.classes[0].cam[None], atol=1e-4 * scale)
+        smooth = saliency(model, xi, [top], samples=2, seed=[[11, 42][i]]).maps[0].gradient
+        np.testing.assert_allclose(exp.smoothgrad, smooth, atol=1e-4 * np.abs(smooth).max())
+        maps = feature_maps(model, xi, layer).maps[0]
+        means = maps.mean(axis=(1, 2))
+        assert exp.channel.channel == int(np.argmax(means))
+        np.testing.assert_allclose(exp.channel.activation, maps[exp.channel.channel], atol=1e-5)
+        y, x_ = exp.channel.unit
+        assert exp.channel.value == pytest.approx(float(maps[exp.channel.channel].max()), abs=1e-5)
+        assert exp.channel.box == row.unit_box(y, x_, clip_to=lite0.input_size)
+    # the model is left as found
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(document: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(document)
+    return parser
+
+
+def _tiny_page(display: str) -> ReportPage:
+    from PIL import Image
+
+    from explain.data import Sample
+    from explain.images import LoadedImage
+
+    backbone = tiny_backbone()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (20, 16, 3), dtype=np.uint8))
+    tensor = backbone.preprocess(photo)
+    reporter = Reporter(backbone, ReportOptions(top=4, cams=3, samples=2))
+    (exp,) = reporter.explain(tensor[None])
+    loaded = LoadedImage(path=Path(display), display=display, image=photo, sha256="0" * 64, original_mode="RGB")
+    sample = Sample(loaded, tensor, backbone.preprocess.geometry(*photo.size))
+    return ReportPage.of(sample, exp, backbone, reporter.options, "page.html")
+
+
+def test_user_text_is_escaped_in_pages_and_figures() -> None:
+    """Hostile class names and a hostile file name show as text: no tag of theirs reaches the page; ``$`` does not
+    turn into mathtext in the figures (which would garble or crash them)."""
+    display = "photos/<img src=x onerror=alert(1)>$x$.jpg"
+    report = _tiny_page(display)
+    document = page_html(report)
+    parsed = parse(document)
+    assert {tag for tag, _ in parsed.tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3",
+                                              "p", "a", "div", "figure", "figcaption", "img", "table", "thead",
+                                              "tbody", "tr", "th", "td", "details", "summary", "ul", "li", "b", "code",
+                                              "br"}
+    assert not any(tag == "script" for tag, _ in parsed.tags)
+    bold = [tag for tag, _ in parsed.tags if tag in ("b", "i")]
+    assert len(bold) == _REFERENCES.count("<b>")  # only the method names of the explanations: none from a class
+    text = "".join(parsed.text)
+    for name in HOSTILE:
+        assert name in text  # the literal names, as text
+    assert display in text
+    assert all(a.get("onerror") is None for _, a in parsed.tags)
+    assert mpl_text("a$b$c") == r"a\$b\$c"
+    index = index_html([_index_entry(report)], [("<b>bad</b>.jpg", "not an image: <oops>")], "tiny")
+    parsed = parse(index)
+    assert "b" not in {tag for tag, _ in parsed.tags}
+    text = "".join(parsed.text)
+    assert display in text and "<b>bad</b>.jpg" in text and "not an image: <oops>" in text
+
+
+def _index_entry(report: ReportPage):
+    from explain.report_render import IndexEntry
+
+    return IndexEntry.of(report)
+
+
+def test_a_page_embeds_every_image() -> None:
+    report = _tiny_page("a.png")
+    parsed = parse(page_html(report))
+    images = [attrs for tag, attrs in parsed.tags if tag == "img"]
+    assert len(images) == 4  # photo, CAMs, gradients, channel (no index: no neighbours)
+    assert all(str(a["src"]).startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for a in images)
+    metas = [a for tag, a in parsed.tags if tag == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert metas and "default-src 'none'" in str(metas[0]["content"])
+
+
+def test_page_names_never_overwrite_the_index_or_each_other() -> None:
+    """Not index.html or manifest, and unique ignoring case (macOS and Windows folders ignore case)."""
+    assert page_names(["a", "index", "INDEX", "index_page", "manifest", "b"]) == [
+        "a.html", "index_page.html", "INDEX_page_2.html", "index_page_3.html", "manifest_page.html", "b.html"]
+
+
+def test_bad_options_are_refused() -> None:
+    from explain.errors import UsageError
+
+    for opts in (ReportOptions(fmt="docx"), ReportOptions(samples=-1), ReportOptions(top=0),
+                 ReportOptions(noise=float("nan")), ReportOptions(metric="hamming"), ReportOptions(colormap="nope")):
+        with pytest.raises(UsageError):
+            opts.check()
