@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from explain.errors import ExplainError, InputError, UsageError
+from explain.errors import ExplainError, InputError, ModelError, UsageError
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -48,6 +48,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSO
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no informational output.")]
 
 
+ANY_TASK = ("classification", "detection", "segmentation")
+"""For commands that only look at a model's layers or weights (``layers``, ``filters``)."""
+
+
 @dataclass
 class ModelOptions:
     """The model-related options of a command."""
@@ -59,6 +63,8 @@ class ModelOptions:
     trust_checkpoint: bool = False
     device: str = "auto"
     seed: int = 0
+    tasks: tuple[str, ...] = ("classification",)
+    """The kinds of model the command works with; another kind is a clear ModelError naming the right command."""
 
     def load(self, meta: bool = False) -> tuple[Backbone, Any]:
         """Load the backbone and move it to the resolved device: ``(backbone, torch.device)``.
@@ -76,8 +82,15 @@ class ModelOptions:
         torch.manual_seed(self.seed)
 
         def build() -> Backbone:
-            return load_backbone(self.model, self.weights, num_classes=self.num_classes, classes=self.classes,
-                                 trust_checkpoint=self.trust_checkpoint)
+            backbone = load_backbone(self.model, self.weights, num_classes=self.num_classes, classes=self.classes,
+                                     trust_checkpoint=self.trust_checkpoint)
+            task = str(backbone.extra.get("task", "classification"))
+            if task not in self.tasks:
+                command = {"detection": "detect", "segmentation": "segment", "classification": "cam"}.get(task)
+                hint = f"; use 'cnn-explain {command}' for it" if command else ""
+                raise ModelError(f"{self.model} is a {task} model and this command explains "
+                                 f"{' or '.join(self.tasks)} models{hint}")
+            return backbone
 
         if meta and (self.weights or "").lower() == "none":
             try:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
+    ANY_TASK, BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
     SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, console, finish, handle_errors, run_image_command,
 )
 
@@ -60,7 +60,7 @@ def filters(
 
     opts = FilterOptions(layers=list(layer or []), view=view.lower(), norm=norm.lower(), sort=sort.lower(),
                          channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower())
-    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed, ANY_TASK).load()
     build_filter_grids(backbone, opts)  # every option checked before anything is written
     manifest = run_filters(backbone, opts, out, argv=["cnn-explain", *sys.argv[1:]])
     if not json_ and not quiet:

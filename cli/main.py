@@ -11,6 +11,7 @@ from cli import filters_command
 from cli import ascent_command
 from cli import gallery_command
 from cli import report_command
+from cli import detect_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -52,6 +53,8 @@ app.command("index")(gallery_command.index)
 app.command("neighbours")(gallery_command.neighbours)
 app.command("tsne")(gallery_command.tsne)
 app.command("report")(report_command.report)
+app.command("detect")(detect_command.detect)
+app.command("segment")(detect_command.segment)
 
 
 def main() -> None:

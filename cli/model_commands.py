@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    ClassesOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, SeedOpt, TrustOpt, WeightsOpt, console,
+    ANY_TASK, ClassesOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, SeedOpt, TrustOpt, WeightsOpt, console,
     handle_errors,
 )
 
@@ -17,7 +17,7 @@ from cli.common import (
 @handle_errors
 def models(
     json_: JsonOpt = False,
-    family: Annotated[str | None, typer.Option(help="Only this family: embedded or torchvision.",
+    family: Annotated[str | None, typer.Option(help="Only this family: embedded, torchvision, detection or segmentation.",
                                                show_default=False)] = None,
 ) -> None:
     """List backbones and whether their weights are available offline."""
@@ -60,7 +60,7 @@ def layers(
     """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
     from explain.layers import layer_table
 
-    backbone, device = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed).load(meta=True)
+    backbone, device = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed, ANY_TASK).load(meta=True)
     hw = (size, size) if size else backbone.input_size
     table_rows = layer_table(backbone.model, hw, device=device)
     if leaves:

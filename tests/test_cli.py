@@ -85,6 +85,8 @@ def test_empty_folder_and_missing_path(tmp_path: Path) -> None:
         (["--model", "resnet18", "--weights", "IMAGENET9"], "unknown weights 'IMAGENET9'"),
         (["--device", "cuda"], "no CUDA GPU is available"),
         (["--device", "tpu"], "unknown device"),
+        (["--model", "ssdlite320_mobilenet_v3_large", "--weights", "none"], "use 'cnn-explain detect' for it"),
+        (["--model", "lraspp_mobilenet_v3_large", "--weights", "none"], "use 'cnn-explain segment' for it"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(samples: Path, args: list[str], message: str) -> None:

@@ -317,3 +317,7 @@ for _arch in TORCHVISION_CLASSIFIERS:
         name=_arch, family="torchvision", description=f"torchvision {_arch}",
         default_weights="DEFAULT", loader=_load_torchvision, available=_tv_available(_arch),
     ))
+
+
+# --- torchvision detectors and segmenters (registered by their own module; importing it imports no torch) ----
+from explain.detection import models as _detection_models  # noqa: E402,F401

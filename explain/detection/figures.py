@@ -1,0 +1,234 @@
+"""Figures for detectors and segmenters.
+
+* :func:`draw_detections`: the photo with every detection's box and a ``class score`` tag (PIL, photo size); the
+  explained detections are drawn thicker and numbered by rank.
+* :func:`detection_panel`: one explained detection: the detections | its map over the photo with its box |
+  the box region (with a margin) enlarged, the box drawn in both, so each map is visibly tied to its box.
+* :func:`segmentation_panel`: the predicted classes over the photo | the class map with a legend | the map of
+  the explained class with its region outlined.
+
+Matplotlib is used through ``matplotlib.figure.Figure`` only (no pyplot, no windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from explain.detection.targets import Detection
+from explain.figures import check_colormap
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+#: Box colours, cycled by class index (tab10 without its grey).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+EXPLAINED = "#ffffff"
+
+
+def class_colour(label: int) -> str:
+    """The box colour of a class."""
+    return PALETTE[label % len(PALETTE)]
+
+
+def detection_label(d: Detection, class_names: Sequence[str]) -> str:
+    """``"#1 cat 0.87"``: rank (1-based), class name, confidence."""
+    name = class_names[d.label] if 0 <= d.label < len(class_names) else str(d.label)
+    return f"#{d.rank + 1} {name} {d.score:.2f}"
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def draw_detections(image: Image.Image, detections: Sequence[Detection], class_names: Sequence[str],
+                    explained: Sequence[int] = (), max_boxes: int = 15, tag_all: bool = True) -> Image.Image:
+    """The photo with boxes and ``#rank class score`` tags (the best ``max_boxes`` detections and every explained).
+
+    Explained detections (by rank) get a thick box in a white frame; the others a thin one. Tags sit above the box
+    (inside it when the box touches the top edge) on a filled background in the class colour, so they stay legible
+    on any photo. With ``tag_all=False`` only the explained detections are tagged (the others are context).
+    """
+    from PIL import ImageDraw
+
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    width, height = canvas.size
+    scale = max(width, height)
+    font = _font(max(12, scale // 36))
+    thin, thick = max(1, scale // 400), max(3, scale // 150)
+    chosen = set(explained)
+    shown = [d for d in detections if d.rank < max_boxes or d.rank in chosen]
+    for d in sorted(shown, key=lambda d: (d.rank in chosen, -d.rank)):  # explained ones last, on top
+        colour = class_colour(d.label)
+        x0, y0, x1, y1 = d.box
+        line = thick if d.rank in chosen else thin
+        if d.rank in chosen:
+            draw.rectangle((x0 - line, y0 - line, x1 + line, y1 + line), outline=EXPLAINED, width=max(1, line // 2))
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line)
+        if not tag_all and d.rank not in chosen:
+            continue
+        text = detection_label(d, class_names)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top
+        ty = y0 - th - 2 * line if y0 - th - 2 * line >= 0 else y0 + line
+        tx = min(max(0.0, x0), max(0.0, width - tw - 4))
+        draw.rectangle((tx, ty, tx + tw + 4, ty + th + 4), fill=colour)
+        draw.text((tx + 2 - left, ty + 2 - top), text, fill="white", font=font)
+    return canvas
+
+
+def guided_image(gradient: np.ndarray) -> np.ndarray:
+    """A ``(3, H, W)`` gradient as an RGB picture: ``0.5 + 0.15 g / std(g)``, clipped to [0, 1] (``(H, W, 3)``).
+
+    The usual way guided backpropagation is shown (mid-grey is zero); a zero gradient is plain grey.
+    """
+    g = np.asarray(gradient, dtype=np.float32)
+    std = float(g.std())
+    picture = 0.5 + (0.15 * (g - g.mean()) / std if std > 0 else 0.0 * g)
+    return np.clip(picture, 0.0, 1.0).transpose(1, 2, 0)
+
+
+def _crop_box(box: Sequence[float], size: tuple[int, int], margin: float = 0.25) -> tuple[int, int, int, int]:
+    """The box grown by ``margin`` of its size on each side (at least 16 px), clipped to the photo."""
+    width, height = size
+    x0, y0, x1, y1 = box
+    mx, my = max(16.0, margin * (x1 - x0)), max(16.0, margin * (y1 - y0))
+    return (max(0, int(x0 - mx)), max(0, int(y0 - my)), min(width, int(np.ceil(x1 + mx))),
+            min(height, int(np.ceil(y1 + my))))
+
+
+def _outline(ax: Any, box: Sequence[float], colour: str, offset: tuple[float, float] = (0.0, 0.0)) -> None:
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    ax.add_patch(Rectangle((x0 - offset[0] - 0.5, y0 - offset[1] - 0.5), x1 - x0, y1 - y0, fill=False,
+                           edgecolor=EXPLAINED, linewidth=3.2))
+    ax.add_patch(Rectangle((x0 - offset[0] - 0.5, y0 - offset[1] - 0.5), x1 - x0, y1 - y0, fill=False,
+                           edgecolor=colour, linewidth=1.8))
+
+
+def detection_panel(
+    boxes_image: Image.Image,
+    shown: np.ndarray,
+    detection: Detection,
+    title: str,
+    map_title: str,
+) -> Figure:
+    """Detections | the map in context with the box | the box region enlarged.
+
+    Args:
+        boxes_image: the photo with the detections drawn (:func:`draw_detections`).
+        shown: ``(H, W, 3)`` float RGB in [0, 1] at photo size: the map laid over the photo (or the guided picture).
+        detection: the explained detection (its box is outlined in the map panels).
+        title: the figure title.
+        map_title: the title of the middle panel (e.g. ``"Grad-CAM++ at backbone.body.layer4"``).
+    """
+    from matplotlib.figure import Figure
+
+    width, height = boxes_image.size
+    cx0, cy0, cx1, cy1 = _crop_box(detection.box, (width, height))
+    aspect = height / width
+    # The crop panel is as tall as the others: its width follows the crop's own aspect ratio.
+    crop_width = min(1.6, max(0.35, (cx1 - cx0) / max(1, cy1 - cy0) * aspect))
+    fig = Figure(figsize=(4.3 * (2.0 + crop_width), 4.3 * aspect + 1.1), layout="constrained")
+    axes = fig.subplots(1, 3, width_ratios=[1.0, 1.0, crop_width])
+    colour = class_colour(detection.label)
+    axes[0].imshow(boxes_image)
+    axes[0].set_title("the detection (white frame) among the others", fontsize=9)
+    axes[1].imshow(shown)
+    _outline(axes[1], detection.box, colour)
+    axes[1].set_title(map_title, fontsize=9)
+    axes[2].imshow(shown[cy0:cy1, cx0:cx1], extent=(cx0 - 0.5, cx1 - 0.5, cy1 - 0.5, cy0 - 0.5))
+    _outline(axes[2], detection.box, colour)
+    axes[2].set_title("the box, enlarged", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def blend(image: Image.Image, map01: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """``(1 - alpha) photo + alpha colour(map)`` as float RGB ``(H, W, 3)`` (map at photo size, in [0, 1])."""
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    colours = check_colormap(colormap)(np.clip(np.nan_to_num(map01), 0.0, 1.0))[..., :3]
+    return (1.0 - alpha) * photo + alpha * colours
+
+
+def to_pil(rgb01: np.ndarray) -> Image.Image:
+    """Float RGB in [0, 1] -> 8-bit PIL image."""
+    from PIL import Image as PILImage
+
+    return PILImage.fromarray(np.clip(rgb01 * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def draw_box(image: Image.Image, detection: Detection) -> Image.Image:
+    """A copy of ``image`` with one detection's box (white under class colour)."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    line = max(2, max(out.size) // 200)
+    x0, y0, x1, y1 = detection.box
+    draw.rectangle((x0 - line, y0 - line, x1 + line, y1 + line), outline=EXPLAINED, width=line)
+    draw.rectangle((x0, y0, x1, y1), outline=class_colour(detection.label), width=line)
+    return out
+
+
+def class_map_rgb(predicted: np.ndarray) -> np.ndarray:
+    """``(H, W)`` class indices -> RGB in [0, 1] (class 0, the background, black)."""
+    from matplotlib.colors import to_rgb
+
+    colours = np.array([(0.0, 0.0, 0.0)] + [to_rgb(class_colour(c)) for c in range(1, int(predicted.max()) + 1)])
+    return colours[predicted]
+
+
+def segmentation_panel(
+    image: Image.Image,
+    predicted: np.ndarray,
+    class_names: Sequence[str],
+    map01: np.ndarray,
+    region: np.ndarray,
+    title: str,
+    map_title: str,
+    colormap: str = "jet",
+) -> Figure:
+    """Predicted classes over the photo | class map with legend | the map with the explained region outlined.
+
+    All arrays are at photo size: ``predicted`` int ``(H, W)``, ``map01`` float in [0, 1], ``region`` bool.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    classes = np.unique(predicted)
+    colours = class_map_rgb(predicted)
+    tinted = np.where((predicted > 0)[..., None], 0.45 * photo + 0.55 * colours, photo)
+    width, height = image.size
+    fig = Figure(figsize=(13.5, 4.3 * height / width + 1.1), layout="constrained")
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(tinted)
+    axes[0].set_title("predicted classes over the photo", fontsize=9)
+    axes[1].imshow(colours, interpolation="nearest")
+    axes[1].set_title("class map", fontsize=9)
+    handles = [Patch(facecolor=class_colour(int(c)) if c else "black", edgecolor="grey",
+                     label=f"{int(c)} {class_names[int(c)] if int(c) < len(class_names) else c} "
+                           f"({100.0 * float((predicted == c).mean()):.0f}%)") for c in classes[:12]]
+    axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    axes[2].imshow(blend(image, map01, colormap))
+    axes[2].contour(region.astype(np.float32), levels=[0.5], colors="white", linewidths=1.6)
+    axes[2].set_title(map_title, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    return fig

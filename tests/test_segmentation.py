@@ -1,0 +1,93 @@
+"""Segmenters: the explained score is the class's logit sum over its mask; CAMs on a known model; loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explain.backbones import load_backbone
+from explain.detection.engine import SegmentationTarget, explain_segmentation
+from explain.errors import TargetError
+from tests.test_detection_models import GREEN, RED, TinySegmenter, box_mean, two_squares
+
+
+def _mask(box: tuple[int, int, int, int], size: int = 64) -> np.ndarray:
+    m = np.zeros((size, size), bool)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_tiny_segmenter_score_is_the_logit_sum_over_the_predicted_mask():
+    x = two_squares()[None]
+    result = explain_segmentation(TinySegmenter(), x, [SegmentationTarget(1), SegmentationTarget(2)], "gradcam",
+                                  "features")
+    red, green = result.maps
+    # Hand-derived: 10 * redness (= 1) on the 16 x 16 red square, which is exactly where class 1 wins.
+    assert red.pixels == 256 and red.value == pytest.approx(2560.0)
+    assert np.array_equal(red.mask, _mask(RED)) and np.array_equal(green.mask, _mask(GREEN))
+    assert np.array_equal(result.predicted[0] == 1, _mask(RED))
+    for m, on, off in ((red, RED, GREEN), (green, GREEN, RED)):
+        assert box_mean(m.map, on) == pytest.approx(1.0) and box_mean(m.map, off) == 0.0
+
+
+def test_user_mask_sums_only_inside_it():
+    x = two_squares()[None]
+    half = np.zeros((64, 64), bool)
+    half[8:24, 8:16] = True  # the left half of the red square
+    (m,) = explain_segmentation(TinySegmenter(), x, [SegmentationTarget(1, mask=half)], "guided").maps
+    assert m.region == "mask" and m.pixels == 128 and m.value == pytest.approx(1280.0)
+    # 1x1 convolutions: the gradient lives exactly on the masked pixels (red channel +10, green and blue -10).
+    support = np.abs(m.gradient).sum(0) > 0
+    assert np.array_equal(support, half)
+    np.testing.assert_allclose(m.gradient[:, half], np.array([[10.0], [-10.0], [-10.0]]).repeat(128, 1))
+
+
+def test_random_lraspp_score_and_choice():
+    torch.manual_seed(0)
+    backbone = load_backbone("lraspp_mobilenet_v3_large", "none", num_classes=4)
+    model = backbone.model
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = model(x)["out"][0].numpy()
+    predicted = logits.argmax(0)
+    classes = [c for c in range(4) if (predicted == c).any()]
+    top = max(classes, key=lambda c: (predicted == c).sum())
+    other = (top + 1) % 4
+    region = predicted == top
+    targets = [SegmentationTarget(c) for c in range(4)] + [SegmentationTarget(other, mask=region)]
+    result = explain_segmentation(model, x, targets, "gradcam++", backbone.default_layer)
+    assert [m.target for m in result.maps] == [*classes, other]
+    for m in result.maps:
+        expected = logits[m.target][m.mask].sum()
+        assert m.value == pytest.approx(float(expected), rel=1e-4)
+    assert np.array_equal(result.maps[-1].mask, region)
+    # Same region, another class: another score, another map.
+    same_region = next(m for m in result.maps if m.target == top)
+    layer = backbone.default_layer
+    assert not np.allclose(same_region.maps_layer[layer], result.maps[-1].maps_layer[layer])
+    assert len(result.notes[0]) == 4 - len(classes)
+
+
+def test_bad_segmentation_targets():
+    x = two_squares()[None]
+    with pytest.raises(TargetError, match="out of range"):
+        explain_segmentation(TinySegmenter(), x, [SegmentationTarget(7)], "gradcam", "features")
+    result = explain_segmentation(TinySegmenter(), torch.zeros(1, 3, 64, 64), [SegmentationTarget(1)], "gradcam",
+                                  "features")
+    assert result.maps == [] and "not predicted anywhere" in result.notes[0][0]
+
+
+def test_segmenter_registry_entries():
+    backbone = load_backbone("deeplabv3_mobilenet_v3_large", "none")
+    assert backbone.extra["task"] == "segmentation" and backbone.class_names[0] == "__background__"
+    assert backbone.num_classes == 21 and backbone.default_layer == "backbone.16"
+    from PIL import Image
+
+    image = Image.new("RGB", (200, 100))
+    assert tuple(backbone.preprocess(image).shape) == (3, 520, 1040)
+    assert backbone.preprocess.geometry(200, 100).model_input == (520, 1040)
