@@ -10,8 +10,9 @@ from cli import cam_command, guided_command, model_commands, predict_command
 from cli import filters_command
 from cli import ascent_command
 from cli import gallery_command
-from cli import report_command
 from cli import detect_command
+from cli import audit_command
+from cli import report_command
 
 app = typer.Typer(
     name="cnn-explain",
@@ -52,9 +53,10 @@ app.command("ascent")(ascent_command.ascent)
 app.command("index")(gallery_command.index)
 app.command("neighbours")(gallery_command.neighbours)
 app.command("tsne")(gallery_command.tsne)
-app.command("report")(report_command.report)
 app.command("detect")(detect_command.detect)
 app.command("segment")(detect_command.segment)
+app.command("audit")(audit_command.audit)
+app.command("report")(report_command.report)
 
 
 def main() -> None:

@@ -1,0 +1,173 @@
+"""Dataset-level numbers from an audit's per-image records: means, shares, group gaps and worst examples.
+
+Everything here is plain arithmetic on the records (dicts as :mod:`explain.audit_task` writes them), so it is
+cheap, deterministic and testable without a model. Undefined values (an image without a box, an image outside the
+sanity sample) are ``None`` in records and are left out of means; a mean over nothing is ``None`` in the summary.
+
+Definitions (stated once, used by the dashboard too):
+
+* **accuracy**: share of images whose top-1 class is one of their accepted classes.
+* **right for the wrong reason**: a correct prediction whose true-class Grad-CAM++ map puts *less* energy inside the
+  object's boxes than a uniform map would (``energy_in_box < box_area``), ranked by ``energy_in_box / box_area``.
+* **deletion below random**: share of images whose CAM deletion AUC is lower (better) than that of their random
+  baseline map; **insertion above random** likewise for insertion (higher is better).
+* **group gap** of a metric: its largest minus its smallest per-group value (groups where it is defined).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = ["GROUP_METRICS", "group_summary", "right_for_wrong_reason", "summarize", "worst_examples"]
+
+GROUP_METRICS: tuple[str, ...] = ("accuracy", "mean_prob", "mean_true_prob", "mean_energy_in_box",
+                                  "pointing_accuracy")
+
+
+def _values(records: Iterable[dict[str, Any]], key: str) -> list[float]:
+    out = []
+    for r in records:
+        v = r.get(key)
+        if v is None or isinstance(v, str):
+            continue
+        v = float(v)
+        if not math.isnan(v):
+            out.append(v)
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(statistics.fmean(values), 6) if values else None
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 6) if flags else None
+
+
+def _pairs(records: Sequence[dict[str, Any]], a: str, b: str) -> list[tuple[float, float]]:
+    return [(float(r[a]), float(r[b])) for r in records if r.get(a) is not None and r.get(b) is not None]
+
+
+def _basic(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "n": len(records),
+        "accuracy": _share([bool(r["correct"]) for r in records]),
+        "mean_prob": _mean(_values(records, "prob")),
+        "mean_true_prob": _mean(_values(records, "true_prob")),
+        "mean_energy_in_box": _mean(_values(records, "energy_in_box")),
+        "pointing_accuracy": _share([bool(r["pointing_hit"]) for r in records if r.get("pointing_hit") is not None]),
+    }
+
+
+def _localisation(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    boxed = [r for r in records if r.get("energy_in_box") is not None]
+    return {
+        "images_with_box": len(boxed),
+        "images_box_outside_crop": sum(1 for r in records if r.get("box_status") == "outside"),
+        "mean_energy_in_box": _mean(_values(boxed, "energy_in_box")),
+        "mean_box_area": _mean(_values(boxed, "box_area")),
+        "pointing_accuracy": _share([bool(r["pointing_hit"]) for r in boxed if r.get("pointing_hit") is not None]),
+        "right_for_wrong_reason": len(right_for_wrong_reason(records)),
+    }
+
+
+def _faithfulness(records: Sequence[dict[str, Any]], steps: int) -> dict[str, Any]:
+    deletion = _pairs(records, "deletion_auc", "deletion_auc_random")
+    insertion = _pairs(records, "insertion_auc", "insertion_auc_random")
+    return {
+        "steps": steps,
+        "images": len(deletion),
+        "mean_deletion_auc": _mean([c for c, _ in deletion]),
+        "mean_deletion_auc_random": _mean([r for _, r in deletion]),
+        "share_deletion_below_random": _share([c < r for c, r in deletion]),
+        "mean_insertion_auc": _mean([c for c, _ in insertion]),
+        "mean_insertion_auc_random": _mean([r for _, r in insertion]),
+        "share_insertion_above_random": _share([c > r for c, r in insertion]),
+    }
+
+
+def _sanity(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in records if r.get("sanity_rho") is not None]
+    values = [float(r["sanity_rho"]) for r in rows]
+    reference = _values(rows, "sanity_rho_gradcam")
+    return {
+        "images": len(rows),
+        "mean_rank_correlation": _mean(values),
+        "median_rank_correlation": round(statistics.median(values), 6) if values else None,
+        "mean_abs_rank_correlation": _mean([abs(v) for v in values]),
+        "gradcam_mean_rank_correlation": _mean(reference),
+        "gradcam_median_rank_correlation": round(statistics.median(reference), 6) if reference else None,
+        "values": [{"path": r["path"], "rho": r["sanity_rho"], "rho_gradcam": r.get("sanity_rho_gradcam")}
+                   for r in rows],
+    }
+
+
+def _translation(records: Sequence[dict[str, Any]], shift: int) -> dict[str, Any]:
+    return {
+        "shift": shift,
+        "images": len(_values(records, "shift_top1_kept")),
+        "mean_abs_prob_change": _mean(_values(records, "shift_prob_change")),
+        "top1_kept": _mean(_values(records, "shift_top1_kept")),
+        "mean_peak_move": _mean(_values(records, "shift_peak_move")),
+    }
+
+
+def group_summary(records: Sequence[dict[str, Any]], column: str) -> dict[str, Any]:
+    """Per-group :data:`GROUP_METRICS` of one group column, and each metric's gap between groups."""
+    names = sorted({str(r[column]) for r in records if r.get(column) is not None})
+    groups = {name: _basic([r for r in records if str(r.get(column)) == name]) for name in names}
+    gaps: dict[str, Any] = {}
+    for metric in GROUP_METRICS:
+        defined = {name: g[metric] for name, g in groups.items() if g[metric] is not None}
+        if len(defined) >= 2:
+            high = max(defined, key=lambda n: defined[n])
+            low = min(defined, key=lambda n: defined[n])
+            gaps[metric] = {"gap": round(defined[high] - defined[low], 6), "highest": high, "lowest": low}
+    return {"groups": groups, "gap": gaps}
+
+
+def right_for_wrong_reason(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Correct predictions whose true-class map has less energy in the box than a uniform map, worst first."""
+    rows = [r for r in records if r.get("correct") and r.get("energy_in_box") is not None
+            and r.get("box_area") and float(r["energy_in_box"]) < float(r["box_area"])]
+    return sorted(rows, key=lambda r: (float(r["energy_in_box"]) / float(r["box_area"]), r["path"]))
+
+
+def _ranked(records: Sequence[dict[str, Any]], keep: Callable[[dict[str, Any]], bool],
+            score: Callable[[dict[str, Any]], float], n: int) -> list[str]:
+    rows = sorted((r for r in records if keep(r)), key=lambda r: (-score(r), r["path"]))
+    return [r["path"] for r in rows[:n]]
+
+
+def worst_examples(records: Sequence[dict[str, Any]], n: int) -> dict[str, list[str]]:
+    """Paths of the worst examples: confident mistakes, right for the wrong reason, least faithful maps."""
+    return {
+        "confident_mistakes": _ranked(records, lambda r: not r["correct"], lambda r: float(r["prob"] or 0.0), n),
+        "right_for_wrong_reason": [r["path"] for r in right_for_wrong_reason(records)[:n]],
+        "least_faithful": _ranked(
+            records,
+            lambda r: r.get("deletion_auc") is not None and r.get("deletion_auc_random") is not None
+            and float(r["deletion_auc"]) > float(r["deletion_auc_random"]),
+            lambda r: float(r["deletion_auc"]) - float(r["deletion_auc_random"]), n),
+    }
+
+
+def summarize(records: Sequence[dict[str, Any]], group_columns: Sequence[str], *, steps: int, shift: int,
+              worst: int) -> dict[str, Any]:
+    """The whole ``summary.json`` body (without run metadata) from the sorted records."""
+    rwr = right_for_wrong_reason(records)
+    return {
+        "overall": _basic(records),
+        "localisation": _localisation(records),
+        "faithfulness": _faithfulness(records, steps),
+        "translation": _translation(records, shift),
+        "sanity": _sanity(records),
+        "groups": {column: group_summary(records, column) for column in group_columns},
+        "right_for_wrong_reason": [
+            {k: r.get(k) for k in ("path", "true_name", "pred_name", "prob", "energy_in_box", "box_area")}
+            for r in rwr],
+        "worst": worst_examples(records, worst),
+    }

@@ -1,0 +1,318 @@
+"""The audit's HTML dashboard: one self-contained page of numbers, plots and the worst examples.
+
+Built with :mod:`explain.html` (everything user-supplied escaped, images embedded as data URIs, no scripts); plots
+are matplotlib figures (``matplotlib.figure.Figure``, never a window) rendered to PNG data URIs. The page reads only
+the summary and the records, so it can be rebuilt from ``summary.json`` and ``images.jsonl`` at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from explain.html import Markup, esc, figure_data_uri, img, join, page, table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["render_dashboard"]
+
+_CSS = """
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 10px; margin: 10px 0; }
+.cards .card b { display: block; font-size: 1.5em; font-variant-numeric: tabular-nums; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 14px; }
+.plots img { width: 100%; height: auto; }
+"""
+
+_COLOURS = {"good": "#1f77b4", "bad": "#d62728", "random": "#7f7f7f", "cam": "#ff7f0e"}
+
+_DEFINITIONS = Markup("""
+<ul>
+<li><b>energy in box</b>: share of the true class's Grad-CAM++ energy inside the object's boxes (energy-based
+pointing game, Wang et al. 2020); <b>box area</b> is what a uniform map scores.</li>
+<li><b>pointing game</b>: the map's maximum lies within 15 px (model-input pixels) of a box (TorchRay's convention,
+Zhang et al. 2016).</li>
+<li><b>deletion / insertion AUC</b> (RISE, Petsiuk et al. 2018): probability of the predicted class while the
+pixels the map ranks highest are deleted (to the normalisation mean) or inserted (into a blurred copy); deletion:
+lower is better, insertion: higher is better. The baseline is a random map at the layer's resolution.</li>
+<li><b>sanity</b> (Adebayo et al. 2018): Spearman correlation between the maps of the trained and of a fully
+randomised network, on a sample; a map that depends on what the network learnt correlates little. Grad-CAM is
+shown as a reference: Grad-CAM++ keeps only positive gradients, so on a random network its map drifts towards the
+layer's activation energy, which still follows the image.</li>
+<li><b>translation</b>: the input shifted by &plusmn;k px horizontally and vertically: mean absolute change of the
+predicted class's probability, share of shifts keeping the top-1 class, mean distance between the CAM peak and where
+it should have moved.</li>
+<li><b>right for the wrong reason</b>: correct predictions whose map puts less energy on the object than a uniform
+map would.</li>
+</ul>
+""")
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if percent else f"{value:.3f}"
+    return str(value)
+
+
+def _card(label: str, value: Any, note: str = "", percent: bool = False) -> Markup:
+    note_html = f'<span class="muted">{esc(note)}</span>' if note else ""
+    return Markup(f'<div class="card"><b>{esc(_fmt(value, percent))}</b>{esc(label)} {note_html}</div>')
+
+
+def _figure(width: float = 5.6, height: float = 3.2) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _plot(fig: Figure, alt: str) -> Markup:
+    return img(figure_data_uri(fig, dpi=100), alt)
+
+
+def _column(records: Sequence[dict[str, Any]], key: str,
+            keep: Callable[[dict[str, Any]], bool] = lambda r: True) -> list[float]:
+    return [float(r[key]) for r in records if r.get(key) is not None and keep(r)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _probability_plot(records: Sequence[dict[str, Any]]) -> Markup:
+    fig = _figure()
+    ax = fig.subplots()
+    right = _column(records, "true_prob", lambda r: r["correct"])
+    wrong = _column(records, "true_prob", lambda r: not r["correct"])
+    ax.hist([right, wrong], bins=20, range=(0, 1), stacked=True, color=[_COLOURS["good"], _COLOURS["bad"]],
+            label=[f"correct ({len(right)})", f"wrong ({len(wrong)})"])
+    ax.set_xlabel("probability of the true class")
+    ax.set_ylabel("images")
+    ax.legend(frameon=False, loc="upper center")
+    return _plot(fig, "histogram of true-class probabilities")
+
+
+def _energy_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
+    energy = _column(records, "energy_in_box")
+    if not energy:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    ax.hist(energy, bins=20, range=(0, 1), color=_COLOURS["cam"], label="Grad-CAM++ energy in box")
+    area = _column(records, "box_area")
+    if area:
+        ax.axvline(sum(area) / len(area), color="k", linestyle="--", label="mean box area (uniform map)")
+    ax.set_xlabel("share of map energy inside the boxes")
+    ax.set_ylabel("images")
+    ax.legend(frameon=False, fontsize=8, loc="best")
+    return _plot(fig, "histogram of the energy inside the boxes")
+
+
+def _faithfulness_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
+    plots = []
+    for name, better in (("deletion", "below"), ("insertion", "above")):
+        pairs = [(float(r[f"{name}_auc_random"]), float(r[f"{name}_auc"])) for r in records
+                 if r.get(f"{name}_auc") is not None and r.get(f"{name}_auc_random") is not None]
+        if not pairs:
+            continue
+        fig = _figure()
+        ax = fig.subplots()
+        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=10, alpha=0.6, color=_COLOURS["cam"])
+        top = max([1e-3, *(max(p) for p in pairs)]) * 1.05
+        ax.plot([0, top], [0, top], color=_COLOURS["random"], linewidth=1)
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"{name} AUC, random map")
+        ax.set_ylabel(f"{name} AUC, Grad-CAM++")
+        ax.set_title(f"{name}: Grad-CAM++ is better {better} the diagonal", fontsize=10)
+        plots.append(_plot(fig, f"{name} AUC of Grad-CAM++ against random maps"))
+    return plots
+
+
+def _sanity_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
+    rho = _column(records, "sanity_rho")
+    if not rho:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    reference = _column(records, "sanity_rho_gradcam")
+    ax.hist([rho, reference] if reference else [rho], bins=20, range=(-1, 1),
+            color=[_COLOURS["cam"], _COLOURS["good"]][: 2 if reference else 1],
+            label=["Grad-CAM++", "Grad-CAM (reference)"][: 2 if reference else 1])
+    ax.axvline(0, color="k", linewidth=1)
+    ax.set_xlabel("Spearman rho: trained vs randomised network")
+    ax.set_ylabel("images")
+    ax.set_title("sanity check: low is good", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return _plot(fig, "histogram of sanity-check rank correlations")
+
+
+def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
+    moved = _column(records, "shift_peak_move")
+    if not moved:
+        return []
+    plots = []
+    for values, label, colour in ((_column(records, "shift_prob_change"),
+                                   "mean |change| of the predicted class's probability", _COLOURS["good"]),
+                                  (moved, "mean CAM peak displacement (model-input px)", _COLOURS["cam"])):
+        fig = _figure()
+        ax = fig.subplots()
+        ax.hist(values, bins=20, color=colour)
+        ax.set_xlabel(label)
+        ax.set_ylabel("images")
+        ax.set_title("translation test", fontsize=10)
+        plots.append(_plot(fig, f"translation test: {label}"))
+    return plots
+
+
+def _group_plot(column: str, groups: dict[str, dict[str, Any]]) -> Markup:
+    import numpy as np
+
+    metrics = [m for m in ("accuracy", "mean_true_prob", "mean_energy_in_box")
+               if any(g[m] is not None for g in groups.values())]
+    names = list(groups)
+    fig = _figure(max(5.0, 1.1 * len(names) + 2.5), 3.2)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(metrics))
+    x = np.arange(len(names))
+    for j, metric in enumerate(metrics):
+        values = [groups[n][metric] if groups[n][metric] is not None else float("nan") for n in names]
+        ax.bar(x + (j - (len(metrics) - 1) / 2) * width, values, width, label=metric.replace("_", " "))
+    ax.set_xticks(x, [n if len(n) <= 18 else n[:17] + "…" for n in names], rotation=20 if len(names) > 4 else 0)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_title(f"by {column}", fontsize=10)
+    ax.legend(frameon=False, fontsize=8, ncols=len(metrics), loc="upper center")
+    return _plot(fig, f"per-group metrics by {column}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _header(summary: dict[str, Any]) -> Markup:
+    counts = summary["counts"]
+    meta = (f"model {summary['model']} · {summary['method']} at {summary['layer']} · {counts['images']} images "
+            f"audited · {counts['errors']} inputs failed")
+    return join([Markup(f"<h1>Audit of {esc(summary['dataset'])}</h1>"), Markup(f'<p class="meta">{esc(meta)}</p>')])
+
+
+def _cards(summary: dict[str, Any]) -> Markup:
+    o, loc, f, t, s = (summary[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
+    cards = [_card("accuracy", o["accuracy"], f"{o['n']} images", True),
+             _card("mean true-class probability", o["mean_true_prob"])]
+    if loc["images_with_box"]:
+        cards += [_card("mean energy in box", loc["mean_energy_in_box"], f"box area {_fmt(loc['mean_box_area'])}"),
+                  _card("pointing game", loc["pointing_accuracy"], "hits", True),
+                  _card("right for the wrong reason", loc["right_for_wrong_reason"], "correct, off the object")]
+    if f["images"]:
+        cards += [_card("deletion AUC below random", f["share_deletion_below_random"],
+                        f"{_fmt(f['mean_deletion_auc'])} vs {_fmt(f['mean_deletion_auc_random'])}", True),
+                  _card("insertion AUC above random", f["share_insertion_above_random"],
+                        f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}", True)]
+    if s["images"]:
+        cards.append(_card("sanity: median rank correlation", s["median_rank_correlation"],
+                           f"{s['images']} images; Grad-CAM {_fmt(s['gradcam_median_rank_correlation'])}"))
+    if t["images"]:
+        cards.append(_card(f"top-1 kept under ±{t['shift']} px shifts", t["top1_kept"],
+                           f"peak moves {_fmt(t['mean_peak_move'])} px", True))
+    return Markup(f'<div class="cards">{join(cards)}</div>')
+
+
+def _plots(records: Sequence[dict[str, Any]]) -> Markup:
+    plots = [p for p in (_probability_plot(records), _energy_plot(records), *_faithfulness_plots(records),
+                         _sanity_plot(records), *_translation_plots(records)) if p is not None]
+    return Markup(f'<h2>Distributions</h2><div class="plots">{join(plots)}</div>')
+
+
+def _groups(summary: dict[str, Any]) -> Markup:
+    parts: list[Markup] = []
+    for column, block in summary["groups"].items():
+        groups = block["groups"]
+        rows = [[name, g["n"], g["accuracy"], g["mean_prob"], g["mean_true_prob"], g["mean_energy_in_box"],
+                 g["pointing_accuracy"]] for name, g in groups.items()]
+        headers = [column, "images", "accuracy", "mean prob", "mean true prob", "energy in box", "pointing"]
+        gaps = [f"{metric.replace('_', ' ')}: {gap['gap']:.3f} ({gap['highest']} over {gap['lowest']})"
+                for metric, gap in block["gap"].items()]
+        parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
+                  Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
+                  _group_plot(column, groups)]
+    return Markup(f"<h2>Groups</h2>{join(parts)}") if parts else Markup("")
+
+
+def _caption(record: dict[str, Any]) -> str:
+    verdict = "correct" if record["correct"] else f"predicted {record['pred_name']}"
+    text = f"{record['path']} · true {record['true_name']} · {verdict} (p {_fmt(record['prob'])})"
+    if record.get("energy_in_box") is not None:
+        text += f" · energy in box {_fmt(record['energy_in_box'])} (area {_fmt(record['box_area'])})"
+    if record.get("deletion_auc") is not None:
+        text += f" · deletion {_fmt(record['deletion_auc'])} vs random {_fmt(record['deletion_auc_random'])}"
+    return text
+
+
+_WORST_TITLES = {
+    "confident_mistakes": "Confident mistakes",
+    "right_for_wrong_reason": "Right for the wrong reason",
+    "least_faithful": "Least faithful maps (deletion worse than random)",
+}
+
+
+def _worst(summary: dict[str, Any], records: Sequence[dict[str, Any]], overlays: dict[str, str]) -> Markup:
+    by_path = {r["path"]: r for r in records}
+    parts: list[Markup] = []
+    for kind, paths in summary["worst"].items():
+        if not paths:
+            continue
+        figures = []
+        for path in paths:
+            record = by_path[path]
+            picture = img(overlays[path], f"overlay of {path}") if path in overlays else Markup("")
+            figures.append(Markup(f"<figure>{picture}<figcaption>{esc(_caption(record))}</figcaption></figure>"))
+        parts += [Markup(f"<h3>{esc(_WORST_TITLES.get(kind, kind))}</h3>"),
+                  Markup(f'<div class="grid">{join(figures)}</div>')]
+    if not parts:
+        return Markup("")
+    note = Markup('<p class="muted">Grad-CAM++ of the predicted class; boxes in green.</p>')
+    return Markup(f"<h2>Worst examples</h2>{note}{join(parts)}")
+
+
+def _rwr_table(summary: dict[str, Any]) -> Markup:
+    rows = summary["right_for_wrong_reason"]
+    if not rows:
+        return Markup("")
+    body = table(["image", "class", "prob", "energy in box", "box area"],
+                 [[r["path"], r["true_name"], r["prob"], r["energy_in_box"], r["box_area"]] for r in rows])
+    return Markup(f"<h2>Right for the wrong reason ({len(rows)})</h2><details><summary>all {len(rows)} images"
+                  f"</summary>{body}</details>")
+
+
+def _problems(summary: dict[str, Any]) -> Markup:
+    parts: list[Markup] = []
+    if summary["warnings"]:
+        items = join(Markup(f"<li>{esc(w)}</li>") for w in summary["warnings"])
+        parts.append(Markup(f"<h3>Warnings</h3><ul>{items}</ul>"))
+    if summary["errors"]:
+        body = table(["input", "error"], [[e["input"], e["error"]] for e in summary["errors"]])
+        parts.append(Markup(f"<h3>Inputs that failed ({len(summary['errors'])})</h3><details><summary>show"
+                            f"</summary>{body}</details>"))
+    return Markup(f'<h2 class="error">Problems</h2>{join(parts)}') if parts else Markup("")
+
+
+def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]], overlays: dict[str, str]) -> str:
+    """The whole dashboard page.
+
+    Args:
+        summary: the ``summary.json`` content (see :func:`explain.audit_outputs.write_outputs`).
+        records: the per-image records, sorted by path.
+        overlays: path -> data URI of the worst examples' overlays.
+
+    Returns:
+        A self-contained HTML document.
+    """
+    body = join([
+        _header(summary), _cards(summary), _plots(records), _groups(summary), _worst(summary, records, overlays),
+        _rwr_table(summary), _problems(summary),
+        Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DEFINITIONS}</details>"),
+    ])
+    return page(f"Audit of {summary['dataset']}", body, css=_CSS)
