@@ -8,10 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import (
-    ClassesOpt, DeviceOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt, WeightsOpt,
-    console, finish, handle_errors, progress_bar,
-)
+from cli.common import OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, progress_bar
 
 _OBJ = "Objectives"
 _OPT = "Optimisation"
@@ -30,10 +27,10 @@ ObjectiveOpt = Annotated[list[str] | None, typer.Option(
     "--objective", help="A weighted sum, e.g. 'class:flamingo - 0.5*class:goose + channel:_blocks.10:7' "
                         "(kinds: class, logprob, channel, neuron; spaces around + and -); repeatable.",
     show_default=False, rich_help_panel=_OBJ)]
-OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 
 
 @handle_errors
+@model_command(batch_size=OMIT, workers=OMIT)
 def ascent(
     target: TargetOpt = None,
     channel: ChannelOpt = None,
@@ -82,16 +79,9 @@ def ascent(
         help="Set pixels below this percentile of contribution to grey each step (0: off).",
         rich_help_panel=_REG)] = 0.0,
     fmt: Annotated[str, typer.Option("--format", help="Figure format: png, svg or pdf.")] = "png",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Gradient ascent: images that maximise classes, channels or neurons (Fourier parameterisation by default)."""
     from explain.ascent import AscentConfig
@@ -104,17 +94,18 @@ def ascent(
         early_stop=early_stop, patience=patience, snapshots=snapshots,
     )
     config.resolved()  # bad numbers fail before the model loads
-    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+    backbone, _ = model_options.load()
     opts = AscentOptions(targets=list(target or []), logprob=logprob, channels=list(channel or []),
                          neurons=list(neuron or []), objectives=list(objective or []), config=config,
                          fmt=fmt.lower())
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
-    with progress_bar(steps, "ascent", quiet) as advance:
-        manifest, _ = run_ascent(backbone, opts, out, seed=seed, argv=["cnn-explain", *sys.argv[1:]],
+    out = run.out
+    with progress_bar(steps, "ascent", run.quiet) as advance:
+        manifest, _ = run_ascent(backbone, opts, out, seed=model_options.seed, argv=["cnn-explain", *sys.argv[1:]],
                                  on_step=lambda info: advance(1))
-    if not json_ and not quiet:
+    if not run.as_json and not run.quiet:
         _summary(manifest, out)
-    finish(manifest, out, json_, len(manifest.items))
+    finish(manifest, out, run.as_json, len(manifest.items))
 
 
 def _summary(manifest: object, out: Path) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, handle_errors, run_image_command, target_summary,
+    ImagesArg, ModelOptions, RunArgs, handle_errors, model_command, run_image_command, target_summary,
 )
 
 TargetOpt = Annotated[list[str] | None, typer.Option(
@@ -21,11 +19,11 @@ NeuronOpt = Annotated[list[str] | None, typer.Option(
 LayerOpt = Annotated[list[str] | None, typer.Option(
     "--layer", "-l", help="Dotted layer name ('cnn-explain layers'); repeatable: maps fused by their mean. "
                           "Default: the model's last convolutional block.", show_default=False)]
-OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Panel figure format: png, svg or pdf.")]
 
 
 @handle_errors
+@model_command()
 def cam(
     images: ImagesArg,
     method: Annotated[str, typer.Option(help="gradcam or gradcam++.")] = "gradcam++",
@@ -35,18 +33,9 @@ def cam(
     fmt: FormatOpt = "png",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heat opacity in the overlay.")] = 0.5,
     colormap: Annotated[str, typer.Option(help="Matplotlib colour map.")] = "jet",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Class activation maps (Grad-CAM, Grad-CAM++) laid over the full photo, with panels and raw maps."""
     from explain.cam_run import CamOptions, resolve_cam_options, run_cam
@@ -54,9 +43,8 @@ def cam(
     opts = CamOptions(method=method, layers=list(layer or []), targets=list(target or []),
                       neurons=list(neuron or []), fmt=fmt.lower(), colormap=colormap, alpha=alpha)
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), opts.method,
-        execute=lambda backbone, files, settings: run_cam(backbone, files, opts, out, settings),
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers,
+        images, model_options, run, opts.method,
+        execute=lambda backbone, files, settings: run_cam(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_cam_options(backbone, opts),
-        summarize=partial(target_summary, out=out, output_key="overlay"),
+        summarize=partial(target_summary, out=run.out, output_key="overlay"),
     )

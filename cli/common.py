@@ -7,6 +7,7 @@ Commands parse options, call the library, print, and map exceptions to exit code
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +47,7 @@ WorkersOpt = Annotated[int, typer.Option(min=0, help="Processes decoding images 
 SeedOpt = Annotated[int, typer.Option(help="Random seed (random weights, sampling).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no informational output.")]
+OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 
 
 ANY_TASK = ("classification", "detection", "segmentation")
@@ -149,6 +151,94 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class RunArgs:
+    """The run options of a command: batching, output folder and what is printed."""
+
+    batch_size: int = 8
+    workers: int | None = 0
+    out: Path | None = None
+    as_json: bool = False
+    quiet: bool = False
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+_INJECTED = ("model_options", "run")
+OMIT: Any = object()
+"""For :func:`model_command`: leave this option out of the command."""
+
+
+def model_command(
+    *,
+    model: str | None = "efficientnet_lite0",
+    model_option: Any = ModelOpt,
+    tasks: tuple[str, ...] = ("classification",),
+    batch_size: int = 8,
+    batch_option: Any = BatchOpt,
+    workers: int | None = 0,
+    workers_option: Any = WorkersOpt,
+    out: Path = Path("cnn-explain-out"),
+    out_option: Any = OutOpt,
+) -> Callable[[F], F]:
+    """Give a Typer command the options every model command shares, declared once here.
+
+    The command declares two keyword-only parameters instead of a dozen options, ``model_options: ModelOptions``
+    and ``run: RunArgs``; this decorator replaces them in the command's signature (which Typer reads) by
+    ``--model --weights --classes --num-classes --trust-checkpoint --device`` [``--batch-size``] [``--workers``]
+    [``--out``] ``--seed --json --quiet``, after the command's own options, and builds the two objects on each call.
+
+    Args:
+        model: the default ``--model`` (``None``: the command decides, e.g. from a stored index).
+        model_option: the ``--model`` option's annotation.
+        tasks: the kinds of model the command works with (:attr:`ModelOptions.tasks`).
+        batch_size: the default ``--batch-size``; :data:`OMIT` leaves the option out.
+        batch_option: the ``--batch-size`` option's annotation.
+        workers: the default ``--workers``; :data:`OMIT` leaves the option out.
+        workers_option: the ``--workers`` option's annotation.
+        out: the default ``--out``; :data:`OMIT` leaves the option out.
+        out_option: the ``--out`` option's annotation (help text, flags).
+    """
+    shared: list[tuple[str, Any, Any]] = [
+        ("model", model_option, model), ("weights", WeightsOpt, None), ("classes", ClassesOpt, None),
+        ("num_classes", NumClassesOpt, None), ("trust_checkpoint", TrustOpt, False), ("device", DeviceOpt, "auto"),
+    ]
+    for name, annotation, default in (("batch_size", batch_option, batch_size), ("workers", workers_option, workers),
+                                      ("out", out_option, out)):
+        if default is not OMIT:
+            shared.append((name, annotation, default))
+    shared += [("seed", SeedOpt, 0), ("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
+    added = {name for name, _, _ in shared}
+
+    def decorate(func: F) -> F:
+        own = inspect.signature(func, eval_str=True)
+        missing = [name for name in _INJECTED if name not in own.parameters]
+        if missing:
+            raise TypeError(f"{func.__name__} must declare {', '.join(missing)}")
+        clash = sorted(added & set(own.parameters))
+        if clash:
+            raise TypeError(f"{func.__name__} declares shared options itself: {', '.join(clash)}")
+        params = [p.replace(kind=_KW) for name, p in own.parameters.items() if name not in _INJECTED]
+        params += [inspect.Parameter(name, _KW, annotation=annotation, default=default)
+                   for name, annotation, default in shared]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            options = ModelOptions(kwargs.pop("model"), kwargs.pop("weights"), kwargs.pop("classes"),
+                                   kwargs.pop("num_classes"), kwargs.pop("trust_checkpoint"), kwargs.pop("device"),
+                                   kwargs.pop("seed"), tasks)
+            run = RunArgs(*(kwargs.pop(name) if name in added else fallback
+                            for name, fallback in (("batch_size", 1), ("workers", 0), ("out", None))),
+                          kwargs.pop("json_"), kwargs.pop("quiet"))
+            return func(**kwargs, model_options=options, run=run)
+
+        signature = own.replace(parameters=params)
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params} | {"return": own.return_annotation}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
 def collect_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[InputError]]:
     """Find the image files among ``inputs``; fail with exit 2 when there is nothing to work on."""
     from explain.images import find_images
@@ -187,13 +277,9 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> No
 def run_image_command(
     images: Sequence[str],
     model_options: ModelOptions,
+    run: RunArgs,
     label: str,
     execute: Callable[[Backbone, list[ImageFile], RunSettings], Manifest],
-    out: Path | None,
-    as_json: bool,
-    quiet: bool,
-    batch_size: int = 8,
-    workers: int = 0,
     prepare: Callable[[Backbone], object] | None = None,
     summarize: Callable[[Manifest], None] | None = None,
     summary_is_result: bool = False,
@@ -204,13 +290,10 @@ def run_image_command(
     Args:
         images: the IMAGES argument.
         model_options: the model-related options.
+        run: batch size, workers, output folder (``None``: no manifest written), ``--json`` (print the manifest
+            instead of the summary) and ``--quiet`` (no progress bar, no summary).
         label: progress-bar label.
         execute: ``(backbone, files, settings) -> Manifest``: the library call.
-        out: output folder (``None``: no manifest written).
-        as_json: print the manifest instead of the summary.
-        quiet: no progress bar, no summary.
-        batch_size: images per forward pass.
-        workers: decoding processes.
         prepare: validates every option against the loaded backbone before any work (raises on a bad one).
         summarize: prints the human summary of a finished run.
         summary_is_result: the summary is the command's result (predict's tables), so ``--quiet`` keeps it.
@@ -221,16 +304,16 @@ def run_image_command(
     backbone, device = model_options.load()
     if prepare is not None:
         prepare(backbone)
-    with progress_bar(len(files), label, quiet) as advance:
-        settings = RunSettings(batch_size=batch_size, device=device, workers=workers,
+    with progress_bar(len(files), label, run.quiet) as advance:
+        settings = RunSettings(batch_size=run.batch_size, device=device, workers=run.workers,
                                argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
         manifest = execute(backbone, files, settings)
     manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
     for warning in manifest.warnings:
         stderr_line(f"warning: {warning}")
-    if summarize is not None and not as_json and (summary_is_result or not quiet):
+    if summarize is not None and not run.as_json and (summary_is_result or not run.quiet):
         summarize(manifest)
-    finish(manifest, out, as_json, len({item["input"] for item in manifest.items}))
+    finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}))
 
 
 def target_summary(manifest: Manifest, out: Path, output_key: str) -> None:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt,
-    TrustOpt, WeightsOpt, console, handle_errors, run_image_command,
+    OMIT, ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -20,16 +19,15 @@ MethodOpt = Annotated[str, typer.Option(help="gradcam, gradcam++ or guided (guid
 LayerOpt = Annotated[list[str] | None, typer.Option(
     "--layer", "-l", help="Backbone or FPN layer ('cnn-explain layers --model NAME'); repeatable: maps fused by "
                           "their mean. Default: the last backbone stage.", show_default=False)]
-OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Panel figure format: png, svg or pdf.")]
 AlphaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="Heat opacity over the photo.")]
 ColormapOpt = Annotated[str, typer.Option(help="Matplotlib colour map.")]
 
 
 @handle_errors
+@model_command(model="fasterrcnn_mobilenet_v3_large_fpn", tasks=("detection",), batch_size=2, workers=OMIT)
 def detect(
     images: ImagesArg,
-    model: ModelOpt = "fasterrcnn_mobilenet_v3_large_fpn",
     method: MethodOpt = "gradcam++",
     detection: Annotated[list[int] | None, typer.Option(
         "--detection", "-d", help="Rank of the detection to explain (1 = most confident); repeatable. "
@@ -55,16 +53,9 @@ def detect(
     fmt: FormatOpt = "png",
     alpha: AlphaOpt = 0.5,
     colormap: ColormapOpt = "jet",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 2,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Explain a torchvision detector one detection at a time: boxes drawn, and per detection its Grad-CAM(++) or
     guided backprop map, in context and cropped to its box."""
@@ -75,19 +66,17 @@ def detect(
                          component=component.lower(), candidate_threshold=candidate_threshold, min_size=min_size,
                          fmt=fmt.lower(), colormap=colormap, alpha=alpha)
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed, ("detection",)),
-        "detect",
-        execute=lambda backbone, files, settings: run_detect(backbone, files, opts, out, settings),
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size,
+        images, model_options, run, "detect",
+        execute=lambda backbone, files, settings: run_detect(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_detect_options(backbone, opts),
-        summarize=lambda manifest: _summary(manifest, out, "detection"),
+        summarize=lambda manifest: _summary(manifest, run.out, "detection"),
     )
 
 
 @handle_errors
+@model_command(model="lraspp_mobilenet_v3_large", tasks=("segmentation",), batch_size=2, workers=OMIT)
 def segment(
     images: ImagesArg,
-    model: ModelOpt = "lraspp_mobilenet_v3_large",
     method: MethodOpt = "gradcam++",
     target: Annotated[list[str] | None, typer.Option(
         "--target", "-t", help="Class (index or name); repeatable. Default: every predicted class but the "
@@ -99,16 +88,9 @@ def segment(
     fmt: FormatOpt = "png",
     alpha: AlphaOpt = 0.5,
     colormap: ColormapOpt = "jet",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 2,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Explain a torchvision segmenter one class mask at a time: the sum of a class's logits over its pixels."""
     from explain.detection.run import SegmentOptions, resolve_segment_options, run_segment
@@ -116,12 +98,10 @@ def segment(
     opts = SegmentOptions(method=method, layers=list(layer or []), targets=list(target or []), mask=mask,
                           fmt=fmt.lower(), colormap=colormap, alpha=alpha)
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed, ("segmentation",)),
-        "segment",
-        execute=lambda backbone, files, settings: run_segment(backbone, files, opts, out, settings),
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size,
+        images, model_options, run, "segment",
+        execute=lambda backbone, files, settings: run_segment(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_segment_options(backbone, opts),
-        summarize=lambda manifest: _summary(manifest, out, "mask"),
+        summarize=lambda manifest: _summary(manifest, run.out, "mask"),
     )
 
 

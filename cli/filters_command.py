@@ -10,11 +10,10 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    ANY_TASK, BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, console, finish, handle_errors, run_image_command,
+    ANY_TASK, OMIT, ImagesArg, ModelOptions, RunArgs, console, finish, handle_errors, model_command,
+    run_image_command,
 )
 
-OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png, svg or pdf.")]
 ChannelsOpt = Annotated[str | None, typer.Option(
     help="Output channels to show: indices and ranges, e.g. 0-15,32.", show_default=False)]
@@ -22,6 +21,7 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Show every channel (large l
 
 
 @handle_errors
+@model_command(tasks=ANY_TASK, batch_size=OMIT, workers=OMIT)
 def filters(
     layer: Annotated[list[str] | None, typer.Option(
         "--layer", "-l", help="Convolution(s) to draw ('cnn-explain layers'); repeatable. Default: the first "
@@ -43,16 +43,9 @@ def filters(
         show_default=False)] = None,
     all_: AllOpt = False,
     fmt: FormatOpt = "png",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Filter grids of a convolution (the first one by default): first-layer filters as colour images, deeper ones as
     kernels, weight matrices or kernel-norm matrices. Weights, drawn values and figures are written to --out."""
@@ -60,10 +53,11 @@ def filters(
 
     opts = FilterOptions(layers=list(layer or []), view=view.lower(), norm=norm.lower(), sort=sort.lower(),
                          channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower())
-    backbone, _ = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed, ANY_TASK).load()
+    backbone, _ = model_options.load()
     build_filter_grids(backbone, opts)  # every option checked before anything is written
+    out = run.out
     manifest = run_filters(backbone, opts, out, argv=["cnn-explain", *sys.argv[1:]])
-    if not json_ and not quiet:
+    if not run.as_json and not run.quiet:
         from rich.table import Table
 
         table = Table(show_edge=False, pad_edge=False)
@@ -73,10 +67,11 @@ def filters(
             table.add_row(item["layer"], item["view"], f"{len(item['channels'])} of {item['out_channels']}",
                           str(out / item["outputs"]["figure"]))
         console().print(table)
-    finish(manifest, out, json_, len(manifest.items))
+    finish(manifest, out, run.as_json, len(manifest.items))
 
 
 @handle_errors
+@model_command()
 def activations(
     images: ImagesArg,
     layer: Annotated[str | None, typer.Option(
@@ -95,18 +90,9 @@ def activations(
                        "(|d unit / d input|); repeatable.", show_default=False)] = None,
     colormap: Annotated[str, typer.Option(help="Matplotlib colour map of the feature maps.")] = "viridis",
     fmt: FormatOpt = "png",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Feature maps of a layer for each image (top-K channels by mean activation, or chosen ones) beside the image;
     with --unit, a unit's theoretical vs effective receptive field."""
@@ -120,11 +106,10 @@ def activations(
         plans.append(resolve_activation_options(backbone, opts))  # type: ignore[arg-type]
 
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), "activations",
-        execute=lambda backbone, files, settings: run_activations(backbone, files, opts, out, settings,
+        images, model_options, run, "activations",
+        execute=lambda backbone, files, settings: run_activations(backbone, files, opts, run.out, settings,
                                                                   plan=plans[-1]),  # type: ignore[arg-type]
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers, prepare=prepare,
-        summarize=lambda manifest: _activation_summary(manifest, out),
+        prepare=prepare, summarize=lambda manifest: _activation_summary(manifest, run.out),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,8 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    ClassesOpt, DeviceOpt, JsonOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt, WeightsOpt,
-    WorkersOpt, collect_images, console, finish, handle_errors, stderr_line,
+    OMIT, ModelOptions, RunArgs, WorkersOpt, collect_images, console, finish, handle_errors, model_command, stderr_line,
 )
 from explain.errors import UsageError
 
@@ -37,6 +38,11 @@ IndexBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass
 IndexWorkersOpt = Annotated[int | None, typer.Option(
     min=0, help="Processes decoding images in parallel with the model. Default: 2 on a multi-core machine.",
     show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")]
+gallery_command = functools.partial(model_command, model=None, model_option=IndexModelOpt, batch_size=32,
+                                    batch_option=IndexBatchOpt, workers=None, workers_option=IndexWorkersOpt,
+                                    out_option=OutOpt)
+"""The shared options of the gallery commands: the model defaults to the index's own."""
 
 
 # --- progress -------------------------------------------------------------------------------------------------
@@ -83,22 +89,30 @@ def _stored_model(folder: Path) -> tuple[str | None, str | None, str | None]:
         return None, None, None
 
 
-def _load_model_for(index: FeatureIndex, model: str | None, weights: str | None, classes: Path | None,
-                    num_classes: int | None, trust: bool, device: str, seed: int) -> tuple[Any, Any]:
+def _with_stored(options: ModelOptions, layer: str | None, stored: tuple[str | None, str | None, str | None]
+                 ) -> tuple[ModelOptions, str | None]:
+    """The model, weights and layer to use: those asked for, else an index's own ``stored = (model, weights, layer)``
+    (its weights and layer only when the model is the index's)."""
+    stored_name, stored_weights, stored_layer = stored
+    name = options.model or stored_name or DEFAULT_MODEL
+    same = stored_name is not None and name == stored_name
+    weights = stored_weights if options.weights is None and same else options.weights
+    return dataclasses.replace(options, model=name, weights=weights), stored_layer if layer is None and same else layer
+
+
+def _load_model_for(index: FeatureIndex, options: ModelOptions) -> tuple[Any, Any]:
     """The index's model (or the one asked for), refused unless its features match the index."""
     from explain.gallery import backbone_record, check_compatible
 
-    name = model or index.model.get("name") or DEFAULT_MODEL
-    chosen_weights = weights
-    if chosen_weights is None and name == index.model.get("name"):
-        chosen_weights = index.model.get("weights_arg")
-    backbone, dev = ModelOptions(name, chosen_weights, classes, num_classes, trust, device, seed).load()
-    check_compatible(index, backbone_record(backbone, chosen_weights), index.layer)
+    options, _ = _with_stored(options, None, (index.model.get("name"), index.model.get("weights_arg"), index.layer))
+    backbone, dev = options.load()
+    check_compatible(index, backbone_record(backbone, options.weights), index.layer)
     return backbone, dev
 
 
 # --- index ----------------------------------------------------------------------------------------------------
 @handle_errors
+@gallery_command(out=OMIT)
 def index(
     gallery: GalleryArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder (created, or updated incrementally).",
@@ -107,33 +121,20 @@ def index(
     layer: LayerOpt = None,
     rebuild: Annotated[bool, typer.Option(
         help="Replace an existing index (another model's, or a corrupt one).")] = False,
-    model: IndexModelOpt = None,
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: IndexBatchOpt = 32,
-    workers: IndexWorkersOpt = None,
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Embed a folder of images into a reusable feature index; re-running embeds only new or changed files."""
     from explain.gallery_run import run_index
 
-    stored_name, stored_weights, stored_layer = (None, None, None) if rebuild else _stored_model(out)
-    name = model or stored_name or DEFAULT_MODEL
-    if weights is None and stored_name is not None and name == stored_name:
-        weights = stored_weights
-    if layer is None and stored_name is not None and name == stored_name:
-        layer = stored_layer
-    backbone, dev = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed).load()
-    with stage_progress(quiet) as progress:
+    options, layer = _with_stored(model_options, layer, (None, None, None) if rebuild else _stored_model(out))
+    backbone, dev = options.load()
+    with stage_progress(run.quiet) as progress:
         update, manifest = run_index(backbone, gallery, out, layer=layer, labels=labels, rebuild=rebuild,
-                                     weights_arg=weights, batch_size=batch_size, workers=workers, device=dev,
-                                     argv=_argv(), progress=progress)
-    if not json_ and not quiet:
+                                     weights_arg=options.weights, batch_size=run.batch_size, workers=run.workers,
+                                     device=dev, argv=_argv(), progress=progress)
+    if not run.as_json and not run.quiet:
         idx = update.index
         labelled = sum(e.label is not None for e in idx.entries)
         classes_n = len({e.label for e in idx.entries if e.label is not None})
@@ -143,13 +144,14 @@ def index(
             f"unchanged {update.unchanged}, failed {len(update.errors)}"
             + (f" · {labelled} labelled, {classes_n} classes" if labelled else " · no labels"))
     for warning in manifest.warnings:
-        if not quiet:
+        if not run.quiet:
             stderr_line(f"warning: {warning}")
-    finish(manifest, out, json_, len(update.index))
+    finish(manifest, out, run.as_json, len(update.index))
 
 
 # --- neighbours -----------------------------------------------------------------------------------------------
 @handle_errors
+@gallery_command(workers=0, workers_option=WorkersOpt)
 def neighbours(
     index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder ('cnn-explain index').",
                                             show_default=False)],
@@ -162,19 +164,9 @@ def neighbours(
         "--evaluate",
         help="Leave-one-out over the labelled gallery: class purity of the k = 1, 5, 10 nearest.")] = False,
     fmt: FormatOpt = "png",
-    model: IndexModelOpt = None,
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: IndexBatchOpt = 32,
-    workers: WorkersOpt = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")] = Path(
-        "cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Nearest gallery images of each query in feature space (exact search), with a figure per query."""
     from explain.gallery import METRICS, evaluate_purity, load_index
@@ -193,11 +185,12 @@ def neighbours(
     check_format(opts.fmt)
     idx = load_index(index_dir)
     files, find_errors = collect_images(images) if images else ([], [])
-    with stage_progress(quiet) as progress:
+    out = run.out
+    with stage_progress(run.quiet) as progress:
         if files:
-            backbone, dev = _load_model_for(idx, model, weights, classes, num_classes, trust_checkpoint, device, seed)
-            manifest = run_neighbours(idx, backbone, files, out, opts, batch_size=batch_size, workers=workers,
-                                      device=dev, argv=_argv(), progress=progress)
+            backbone, dev = _load_model_for(idx, model_options)
+            manifest = run_neighbours(idx, backbone, files, out, opts, batch_size=run.batch_size,
+                                      workers=run.workers, device=dev, argv=_argv(), progress=progress)
         else:
             manifest = Manifest(command="neighbours", argv=_argv(), model=idx.model, extra={
                 "index": str(idx.directory), "layer": idx.layer, "metric": metric, "k": k, "backend": backend})
@@ -212,12 +205,12 @@ def neighbours(
             }
     for err in reversed(find_errors):
         manifest.errors.insert(0, {"input": err.path, "error": err.reason})
-    if not json_ and not quiet:
+    if not run.as_json and not run.quiet:
         _print_neighbours(manifest, out)
         if report is not None:
             _print_purity(report)
     n_ok = len(manifest.items) if files or find_errors else 1
-    finish(manifest, out, json_, n_ok)
+    finish(manifest, out, run.as_json, n_ok)
 
 
 def _print_neighbours(manifest: Any, out: Path) -> None:
@@ -250,6 +243,7 @@ def _print_purity(report: Any) -> None:
 
 # --- tsne -----------------------------------------------------------------------------------------------------
 @handle_errors
+@gallery_command()
 def tsne(
     gallery: Annotated[Path | None, typer.Argument(
         help="Folder of images (indexed into OUT/index first, incrementally); or use --index.",
@@ -272,19 +266,9 @@ def tsne(
     labels: LabelsOpt = None,
     layer: LayerOpt = None,
     fmt: FormatOpt = "png",
-    model: IndexModelOpt = None,
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: IndexBatchOpt = 32,
-    workers: IndexWorkersOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")] = Path(
-        "cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """2-D map of a gallery (t-SNE, PCA or UMAP): scatter by label, thumbnail map, grid-snapped map, coordinates."""
     from explain.embedding import METHODS, tsne_backend as pick_backend
@@ -299,28 +283,25 @@ def tsne(
     if method == "tsne":
         pick_backend(tsne_backend)
     check_format(fmt)
-    opts = MapOptions(method=method, perplexity=perplexity, seed=seed, pca_dims=pca_dims, trust_k=trust_k,
+    out = run.out
+    opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
                       threads=threads)
     failed: list[dict[str, str]] = []
-    with stage_progress(quiet) as progress:
+    with stage_progress(run.quiet) as progress:
         if gallery is not None:
             folder = out / "index"
-            stored_name, stored_weights, stored_layer = _stored_model(folder)
-            name = model or stored_name or DEFAULT_MODEL
-            if weights is None and stored_name is not None and name == stored_name:
-                weights = stored_weights
-            if layer is None and stored_name is not None and name == stored_name:
-                layer = stored_layer
-            backbone, dev = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+            options, layer = _with_stored(model_options, layer, _stored_model(folder))
+            backbone, dev = options.load()
             update, index_manifest = run_index(backbone, gallery, folder, layer=layer, labels=labels,
-                                               weights_arg=weights, batch_size=batch_size, workers=workers,
-                                               device=dev, argv=_argv(), progress=progress)
+                                               weights_arg=options.weights, batch_size=run.batch_size,
+                                               workers=run.workers, device=dev, argv=_argv(), progress=progress)
             index_manifest.save(folder)
             failed = index_manifest.errors
             idx = update.index
         else:
-            if labels is not None or layer is not None or model is not None or weights is not None:
+            if labels is not None or layer is not None or model_options.model is not None \
+                    or model_options.weights is not None:
                 raise UsageError("--labels, --layer, --model and --weights apply when indexing a GALLERY; with --index "
                                  "the index's own are used (re-index with 'cnn-explain index' to change them)")
             idx = load_index(index_dir)  # type: ignore[arg-type]
@@ -329,13 +310,13 @@ def tsne(
     if gallery is not None:
         manifest.extra["index"] = str(out / "index")
     trust = manifest.extra["trustworthiness"]
-    if not json_ and not quiet:
+    if not run.as_json and not run.quiet:
         value = trust["value"]
         console().print(
             f"{method} map of {len(idx)} images → {out}: trustworthiness@{trust['k']} = "
             + (f"{value:.4f}" if value is not None else "n/a")
             + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")
-    if not quiet:
+    if not run.quiet:
         for warning in manifest.warnings:
             stderr_line(f"warning: {warning}")
-    finish(manifest, out, json_, len(idx))
+    finish(manifest, out, run.as_json, len(idx))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -11,10 +10,9 @@ import typer
 if TYPE_CHECKING:
     from explain.guided_run import GradientOptions
 
-from cli.cam_command import FormatOpt, NeuronOpt, OutOpt, TargetOpt
+from cli.cam_command import FormatOpt, NeuronOpt, TargetOpt
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, handle_errors, run_image_command, target_summary,
+    ImagesArg, ModelOptions, RunArgs, handle_errors, model_command, run_image_command, target_summary,
 )
 
 UnitOpt = Annotated[str, typer.Option(
@@ -29,6 +27,7 @@ CamLayerOpt = Annotated[list[str] | None, typer.Option(
 
 
 @handle_errors
+@model_command()
 def guided_backprop(
     images: ImagesArg,
     target: TargetOpt = None,
@@ -44,30 +43,21 @@ def guided_backprop(
     signed: SignedOpt = False,
     fmt: FormatOpt = "png",
     colormap: ColormapOpt = "RdBu_r",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Guided backpropagation for classes or neurons (every ReLU/ReLU6, functional ones too); guided Grad-CAM."""
     from explain.guided_run import GradientOptions
 
     opts = GradientOptions(command="guided-backprop", targets=list(target or []), neurons=list(neuron or []),
                            unit=unit.lower(), rule=rule.lower(), with_cam=with_cam, layers=list(layer or []),
-                           signed=signed, fmt=fmt, colormap=colormap, seed=seed)
-    _run(images, opts, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed),
-         batch_size, workers, out, json_, quiet)
+                           signed=signed, fmt=fmt, colormap=colormap, seed=model_options.seed)
+    _run(images, opts, model_options, run)
 
 
 @handle_errors
+@model_command()
 def saliency(
     images: ImagesArg,
     target: TargetOpt = None,
@@ -83,37 +73,25 @@ def saliency(
     signed: SignedOpt = False,
     fmt: FormatOpt = "png",
     colormap: ColormapOpt = "RdBu_r",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Input-gradient saliency: the vanilla gradient, SmoothGrad (--samples), gradient x input (--times-input)."""
     from explain.guided_run import GradientOptions
 
     opts = GradientOptions(command="saliency", targets=list(target or []), neurons=list(neuron or []),
-                           unit=unit.lower(), samples=samples, noise=noise, times_input=times_input, seed=seed,
+                           unit=unit.lower(), samples=samples, noise=noise, times_input=times_input, seed=model_options.seed,
                            signed=signed, fmt=fmt, colormap=colormap)
-    _run(images, opts, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed),
-         batch_size, workers, out, json_, quiet)
+    _run(images, opts, model_options, run)
 
 
-def _run(images: list[str], opts: GradientOptions, model_options: ModelOptions, batch_size: int, workers: int,
-         out: Path, json_: bool, quiet: bool) -> None:
+def _run(images: list[str], opts: GradientOptions, model_options: ModelOptions, run: RunArgs) -> None:
     from explain.guided_run import resolve_gradient_options, run_gradients
 
     run_image_command(
-        images, model_options, opts.command,
-        execute=lambda backbone, files, settings: run_gradients(backbone, files, opts, out, settings),
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers,
+        images, model_options, run, opts.command,
+        execute=lambda backbone, files, settings: run_gradients(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_gradient_options(backbone, opts),
-        summarize=partial(target_summary, out=out, output_key="figure"),
+        summarize=partial(target_summary, out=run.out, output_key="figure"),
     )

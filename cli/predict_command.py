@@ -7,28 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, console, handle_errors, run_image_command,
-)
+from cli.common import ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command
+
+OptionalOutOpt = Annotated[Path | None, typer.Option(help="Folder for manifest.json (optional).", show_default=False)]
 
 
 @handle_errors
+@model_command(out=None, out_option=OptionalOutOpt)
 def predict(
     images: ImagesArg,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: Annotated[Path | None, typer.Option(help="Folder for manifest.json (optional).", show_default=False)] = None,
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Top-k classes with names and probabilities for each image."""
     from explain.predict import predict as run_predict
@@ -37,9 +28,7 @@ def predict(
         return run_predict(backbone, files, top_k, settings).to_manifest(backbone, settings.argv, top_k)
 
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), "predict",
-        execute=execute, out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers,
-        summarize=_print_tables, summary_is_result=True,
+        images, model_options, run, "predict", execute=execute, summarize=_print_tables, summary_is_result=True,
     )
 
 

@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.cam_command import OutOpt
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, ImagesArg, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt,
-    SeedOpt, TrustOpt, WeightsOpt, WorkersOpt, collect_images, console, handle_errors, run_image_command,
+    ImagesArg, ModelOptions, RunArgs, collect_images, console, handle_errors, model_command, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -20,6 +18,7 @@ if TYPE_CHECKING:
 
 
 @handle_errors
+@model_command()
 def report(
     images: ImagesArg,
     index_dir: Annotated[Path | None, typer.Option(
@@ -34,24 +33,15 @@ def report(
         min=0.0, help="SmoothGrad noise: standard deviation as a fraction of each image's input range.")] = 0.15,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Nearest gallery images shown with --index.")] = 6,
     metric: Annotated[str, typer.Option(help="Neighbour distance: l2 or cosine.")] = "l2",
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 0,
-    out: OutOpt = Path("cnn-explain-out"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Per-image reports: top predictions, Grad-CAM++ of the top 3 classes, guided backprop, guided Grad-CAM++,
     SmoothGrad, the most active channel and its receptive field, and nearest gallery images (--index)."""
     from explain.report import ReportOptions, run_report
 
-    opts = ReportOptions(top=top, samples=samples, noise=noise, seed=seed, neighbours=k, metric=metric,
+    opts = ReportOptions(top=top, samples=samples, noise=noise, seed=model_options.seed, neighbours=k, metric=metric,
                          fmt=fmt).check()
     index = None
     if index_dir is not None:
@@ -67,10 +57,10 @@ def report(
         prepared["reporter"] = Reporter(backbone, opts, index)
 
     run_image_command(
-        images, ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed), "report",
-        execute=lambda backbone, files, settings: run_report(prepared["reporter"], files, out, settings, find_errors),
-        out=out, as_json=json_, quiet=quiet, batch_size=batch_size, workers=workers, prepare=prepare,
-        summarize=lambda manifest: _summary(manifest, out),
+        images, model_options, run, "report",
+        execute=lambda backbone, files, settings: run_report(prepared["reporter"], files, run.out, settings,
+                                                             find_errors),
+        prepare=prepare, summarize=lambda manifest: _summary(manifest, run.out),
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.common import OMIT, ModelOptions, RunArgs, model_command
 from cli.main import app
 from tests.imagefactory import make_bad_folder
 
@@ -187,3 +188,25 @@ def test_bad_files_with_decoding_workers(tmp_path: Path, samples: Path) -> None:
     manifest = json.loads(result.stdout)
     assert [Path(i["input"]).name for i in manifest["items"]] == ["coffee.png"]
     assert "empty file" in manifest["errors"][0]["error"]
+
+
+def test_model_command_adds_the_shared_options_once() -> None:
+    import inspect
+
+    seen = {}
+
+    @model_command(batch_size=4, workers=OMIT, tasks=("detection",))
+    def command(flag: int = 1, *, model_options: ModelOptions, run: RunArgs) -> None:
+        seen.update(flag=flag, options=model_options, run=run)
+
+    names = list(inspect.signature(command).parameters)
+    assert names == ["flag", "model", "weights", "classes", "num_classes", "trust_checkpoint", "device",
+                     "batch_size", "out", "seed", "json_", "quiet"]
+    command(flag=3, model="m", weights=None, classes=None, num_classes=None, trust_checkpoint=False,
+            device="cpu", batch_size=4, out=Path("o"), seed=7, json_=True, quiet=False)
+    assert seen["flag"] == 3
+    assert seen["options"] == ModelOptions("m", None, None, None, False, "cpu", 7, ("detection",))
+    assert seen["run"] == RunArgs(batch_size=4, workers=0, out=Path("o"), as_json=True, quiet=False)
+    with pytest.raises(TypeError, match="declares shared options itself: seed"):
+        @model_command()
+        def clash(seed: int = 0, *, model_options: ModelOptions, run: RunArgs) -> None: ...
