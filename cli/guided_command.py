@@ -81,7 +81,8 @@ def saliency(
     from explain.guided_run import GradientOptions
 
     opts = GradientOptions(command="saliency", targets=list(target or []), neurons=list(neuron or []),
-                           unit=unit.lower(), samples=samples, noise=noise, times_input=times_input, seed=model_options.seed,
+                           unit=unit.lower(), samples=samples, noise=noise, times_input=times_input,
+                           seed=model_options.seed,
                            signed=signed, fmt=fmt, colormap=colormap)
     _run(images, opts, model_options, run)
 

@@ -17,8 +17,8 @@ from cli.common import (
 @handle_errors
 def models(
     json_: JsonOpt = False,
-    family: Annotated[str | None, typer.Option(help="Only this family: embedded, torchvision, detection or segmentation.",
-                                               show_default=False)] = None,
+    family: Annotated[str | None, typer.Option(
+        help="Only this family: embedded, torchvision, detection or segmentation.", show_default=False)] = None,
 ) -> None:
     """List backbones and whether their weights are available offline."""
     from explain.backbones import list_backbones
@@ -60,7 +60,8 @@ def layers(
     """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
     from explain.layers import layer_table
 
-    backbone, device = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed, ANY_TASK).load(meta=True)
+    options = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed, ANY_TASK)
+    backbone, device = options.load(meta=True)
     hw = (size, size) if size else backbone.input_size
     table_rows = layer_table(backbone.model, hw, device=device)
     if leaves:

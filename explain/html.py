@@ -42,7 +42,8 @@ img.wide { max-width: 100%; height: auto; }
 .error { color: var(--bad); } .ok { color: #067647; }
 .card { border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; }
 details > summary { cursor: pointer; color: var(--accent); }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em; overflow-wrap: anywhere; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .9em;
+       overflow-wrap: anywhere; }
 """
 
 
