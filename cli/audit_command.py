@@ -1,4 +1,6 @@
-"""``cnn-explain audit``: accuracy, attention in boxes, faithfulness, sanity, translation and bias by group."""
+"""``cnn-explain audit``: accuracy, attention in boxes, faithfulness, sanity, translation and bias by group for
+classifiers; recall, false positives, attention on each object and bias by group for detectors (``--task
+detection``)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,36 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt,
+    BatchOpt, ClassesOpt, DeviceOpt, JsonOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt,
     WeightsOpt, WorkersOpt, console, finish, handle_errors, progress_bar, stderr_line,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from explain.audit import AuditResult
+    from explain.audit_detection import DetectionAuditOptions
+    from explain.backbones.base import Backbone
+    from explain.run import RunSettings
+
+DETECTOR_DEFAULT = "fasterrcnn_mobilenet_v3_large_fpn"
 
 DatasetArg = Annotated[Path, typer.Argument(help="Folder of images (walked recursively); label paths are relative "
                                                  "to it.", show_default=False)]
-LabelsOpt = Annotated[Path, typer.Option(
-    help="CSV: path plus imagenet_ids (';'-separated, any counts), class_index or class_name.", show_default=False)]
-BoxesOpt = Annotated[Path | None, typer.Option(
-    help="Object boxes: CSV path,x0,y0,x1,y1 (original pixels; several rows = union) or COCO JSON.",
+LabelsOpt = Annotated[Path | None, typer.Option(
+    help="Classifiers (required): CSV path plus imagenet_ids (';'-separated, any counts), class_index or class_name.",
     show_default=False)]
+BoxesOpt = Annotated[Path | None, typer.Option(
+    help="Object boxes: CSV path,x0,y0,x1,y1[,class] (original pixels; several rows = several objects) or COCO "
+         "JSON. Detectors: the ground truth (required).", show_default=False)]
 GroupsOpt = Annotated[Path | None, typer.Option(
-    help="CSV path,group (or several attribute columns): per-group summaries and gaps.", show_default=False)]
+    help="CSV path,group (or several attribute columns; detectors: an optional object_id column for per-object "
+         "rows): per-group summaries and gaps.", show_default=False)]
+TaskOpt = Annotated[str | None, typer.Option(
+    help="classification or detection. Default: what the model is.", show_default=False)]
+AuditModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help=f"Model name ('cnn-explain models'). Default: efficientnet_lite0, or {DETECTOR_DEFAULT} "
+                          "with --task detection.", show_default=False)]
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Layer Grad-CAM++ explains at. Default: the model's last convolutional block.",
     show_default=False)]
@@ -33,20 +49,28 @@ LayerOpt = Annotated[str | None, typer.Option(
 @handle_errors
 def audit(
     dataset: DatasetArg,
-    labels: LabelsOpt,
+    labels: LabelsOpt = None,
     boxes: BoxesOpt = None,
+    task: TaskOpt = None,
     groups: GroupsOpt = None,
     layer: LayerOpt = None,
-    sanity: Annotated[int, typer.Option(min=0, help="Images (seeded sample) for the model-randomisation sanity "
-                                                    "check; 0 disables it.")] = 16,
-    shift: Annotated[int, typer.Option(min=0, help="Translation test shift in model-input pixels; 0 disables "
-                                                   "it.")] = 8,
-    steps: Annotated[int, typer.Option(min=0, help="Deletion/insertion steps (each costs 4 forward passes per "
-                                                   "image); 0 disables faithfulness, else at least 2.")] = 8,
+    sanity: Annotated[int, typer.Option(min=0, help="Classifiers: images (seeded sample) for the model-randomisation "
+                                                    "sanity check; 0 disables it.")] = 16,
+    shift: Annotated[int, typer.Option(min=0, help="Classifiers: translation test shift in model-input pixels; 0 "
+                                                   "disables it.")] = 8,
+    steps: Annotated[int, typer.Option(min=0, help="Classifiers: deletion/insertion steps (each costs 4 forward "
+                                                   "passes per image); 0 disables faithfulness, else at least 2.")] = 8,
     worst: Annotated[int, typer.Option(min=0, help="Worst examples per list shown with overlays.")] = 8,
+    iou: Annotated[float, typer.Option(help="Detectors: the IoU a detection needs to match an object.")] = 0.5,
+    score_threshold: Annotated[float, typer.Option(
+        help="Detectors: the confidence a detection needs to count (the operating point).")] = 0.5,
+    min_size: Annotated[int | None, typer.Option(
+        help="Detectors: internal resize, shorter side in pixels (default: the model's; smaller is faster).",
+        show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="Detectors: gradcam, gradcam++ or guided.")] = "gradcam++",
     restart: Annotated[bool, typer.Option("--restart", help="Discard the journal in --out instead of resuming "
                                                             "it.")] = False,
-    model: ModelOpt = "efficientnet_lite0",
+    model: AuditModelOpt = None,
     weights: WeightsOpt = None,
     classes: ClassesOpt = None,
     num_classes: NumClassesOpt = None,
@@ -60,25 +84,117 @@ def audit(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Audit a classifier over a labelled dataset: per-image CSV/JSON, summary and an HTML dashboard. Resumable."""
+    """Audit a classifier over a labelled dataset, or a detector against ground-truth boxes (--task detection):
+    per-image (per-object) CSV/JSON, summary and an HTML dashboard. Resumable."""
     from explain.audit import AuditOptions, run_audit
     from explain.audit_inputs import load_audit_inputs
-    from explain.run import RunSettings
+    from explain.detection.models import task_of
+    from explain.errors import UsageError
 
-    opts = AuditOptions(labels=labels, boxes=boxes, groups=groups, layer=layer, sanity=sanity, shift=shift,
-                        steps=steps, seed=seed, worst=worst, restart=restart)
-    opts.check()
-    backbone, torch_device = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, device, seed).load()
+    wanted = _check_task(task)
+    if wanted is not None:
+        _check_ground_truth(wanted, labels, boxes)  # before the (slow) model load
+    opts = None
+    if labels is not None:
+        opts = AuditOptions(labels=labels, boxes=boxes, groups=groups, layer=layer, sanity=sanity, shift=shift,
+                            steps=steps, seed=seed, worst=worst, restart=restart)
+        opts.check()
+    name = model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
+    backbone, torch_device = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed,
+                                          ("classification", "detection")).load()
+    kind = task_of(backbone)
+    if wanted is not None and wanted != kind:
+        raise UsageError(f"--task {wanted} but {name} is a {kind} model; pick a {wanted} model with --model")
+    make_settings = lambda advance: _settings(batch_size, torch_device, workers, advance)  # noqa: E731
+    _check_ground_truth(kind, labels, boxes)
+    if kind == "detection":
+        from explain.audit_detection import DetectionAuditOptions
+
+        detection = DetectionAuditOptions(boxes=boxes, groups=groups, layer=layer, method=method.strip().lower(),
+                                          iou=iou, score_threshold=score_threshold, min_size=min_size, worst=worst,
+                                          restart=restart)
+        _audit_detection(backbone, dataset, detection, out, make_settings, json_, quiet)
+        return
+    assert opts is not None and labels is not None  # _check_ground_truth: a classifier audit has labels
     total = len(load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups).files)
     with progress_bar(total, "audit", quiet) as advance:
-        settings = RunSettings(batch_size=batch_size, device=torch_device, workers=workers,
-                               argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
-        result = run_audit(backbone, dataset, opts, out, settings)
+        result = run_audit(backbone, dataset, opts, out, make_settings(advance))
     for warning in result.manifest.warnings:
         stderr_line(f"warning: {warning}")
     if not quiet and not json_:
         _print_summary(result)
     finish(result.manifest, None, json_, len(result.records))
+
+
+def _check_task(task: str | None) -> str | None:
+    """The asked task, or ``None`` (the model's)."""
+    from explain.errors import UsageError
+
+    wanted = task.strip().lower() if task else None
+    if wanted not in (None, "classification", "detection"):
+        raise UsageError(f"unknown --task {task!r}: choose classification or detection")
+    return wanted
+
+
+def _check_ground_truth(kind: str, labels: Path | None, boxes: Path | None) -> None:
+    """The ground-truth options a ``kind`` audit needs (usage errors otherwise)."""
+    from explain.errors import UsageError
+
+    if kind == "detection":
+        if labels is not None:
+            raise UsageError("--labels is for classifiers: a detector's ground truth goes in --boxes (CSV "
+                             "path,x0,y0,x1,y1,class or COCO JSON)")
+        if boxes is None:
+            raise UsageError("a detection audit needs --boxes: a CSV path,x0,y0,x1,y1,class or a COCO JSON file")
+    elif labels is None:
+        raise UsageError("a classifier audit needs --labels (a CSV of path plus imagenet_ids, class_index or "
+                         "class_name); for a detector pass --task detection and --boxes")
+
+
+def _audit_detection(backbone: Backbone, dataset: Path, opts: DetectionAuditOptions, out: Path,
+                     make_settings: Callable[[Callable[[int], None]], RunSettings], json_: bool, quiet: bool) -> None:
+    """The detection branch: check, run with a progress bar, report, exit with the right code."""
+    from explain.audit_detection import check_detector, run_detection_audit
+    from explain.audit_inputs import load_audit_inputs
+
+    check_detector(backbone, opts)
+    total = len(load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups).files)
+    with progress_bar(total, "audit", quiet) as advance:
+        result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance))
+    for warning in result.manifest.warnings:
+        stderr_line(f"warning: {warning}")
+    if not quiet and not json_:
+        _print_detection_summary(result)
+    finish(result.manifest, None, json_, result.summary["counts"]["images"])
+
+
+def _settings(batch_size: int, torch_device: object, workers: int, advance: Callable[[int], None]) -> RunSettings:
+    from explain.run import RunSettings
+
+    return RunSettings(batch_size=batch_size, device=torch_device, workers=workers,
+                       argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
+
+
+def _fmt(value: object, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * float(value):.1f}%" if percent else f"{float(value):.3f}"  # type: ignore[arg-type]
+
+
+def _print_detection_summary(result: AuditResult) -> None:
+    s = result.summary
+    o = s["overall"]
+    out = console()
+    out.print(f"audited {o['objects']} objects in {o['images']} photos: recall {_fmt(o['recall'], True)}, precision "
+              f"{_fmt(o['precision'], True)}, {_fmt(o['false_positives_per_image'])} false positives per photo")
+    if o["mean_energy_in_box"] is not None:
+        out.print(f"detected objects: mean IoU {_fmt(o['mean_iou'])}, energy on object {_fmt(o['mean_energy_in_box'])} "
+                  f"(box area {_fmt(o['mean_area_share'])}), in the surroundings {_fmt(o['mean_energy_around_box'])}")
+    for column, block in s["groups"].items():
+        gap = block["gap"].get("recall")
+        if gap:
+            out.print(f"groups by {column}: recall gap {_fmt(gap['gap'])} ({gap['highest']} over {gap['lowest']})")
+    out.print(f"dashboard: {result.out / 'dashboard.html'}")
 
 
 def _print_summary(result: AuditResult) -> None:

@@ -1,5 +1,8 @@
 """``cnn-explain audit``: a dataset-level audit of a classifier, resumable, in bounded memory.
 
+(Detectors use the same runner and journal through :func:`run_journaled`; their task, summaries and outputs live
+in :mod:`explain.audit_detection` and :mod:`explain.audit_detection_outputs`.)
+
 The runner is independent of the kind of model: it lists the DATASET, reads labels/boxes/groups
 (:mod:`explain.audit_inputs`), hands fixed batches to a task (:class:`explain.audit_task.AuditTask`; today
 :class:`~explain.audit_task.ClassificationTask`) that turns each batch into flat per-image records, and journals them.
@@ -42,7 +45,8 @@ if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.run import RunSettings
 
-__all__ = ["JOURNAL", "AuditOptions", "AuditResult", "Journal", "JournalMismatchError", "run_audit"]
+__all__ = ["JOURNAL", "AuditOptions", "AuditResult", "Journal", "JournalMismatchError", "base_config", "file_sha256",
+           "run_audit", "run_journaled"]
 
 JOURNAL = "audit-journal.jsonl"
 JOURNAL_VERSION = 1
@@ -198,7 +202,8 @@ def _listing_sha256(inputs: AuditInputs) -> str:
     digest = hashlib.sha256()
     for file, key in zip(inputs.files, inputs.keys, strict=True):
         size = file.path.stat().st_size if file.path.exists() else -1
-        digest.update(f"{key}\t{size}\t{inputs.labels.labels[key].indices}\n".encode())
+        label = inputs.labels.labels.get(key)  # no labels in a detection audit (its boxes file is hashed)
+        digest.update(f"{key}\t{size}\t{label.indices if label else ()}\n".encode())
     return digest.hexdigest()
 
 
@@ -216,14 +221,23 @@ def sanity_sample(keys: Sequence[str], n: int, seed: int) -> frozenset[str]:
     return frozenset(random.Random(seed).sample(sorted(keys), n))
 
 
+def base_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, batch_size: int) -> dict[str, Any]:
+    """What every audit's journal must match, whatever the task: the task's own configuration, the model, the
+    batch size and the dataset listing (the caller adds the hashes of its ground-truth files)."""
+    return {**task.config(), "model": _model_identity(backbone), "batch_size": batch_size,
+            "dataset": _listing_sha256(inputs)}
+
+
+def file_sha256(path: Path | None) -> str | None:
+    """SHA-256 of a file's bytes (``None`` for no file)."""
+    return _sha256_file(path)
+
+
 def run_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, opts: AuditOptions,
                batch_size: int) -> dict[str, Any]:
     """The configuration a journal must match to be resumed."""
     return {
-        **task.config(),
-        "model": _model_identity(backbone),
-        "batch_size": batch_size,
-        "dataset": _listing_sha256(inputs),
+        **base_config(task, backbone, inputs, batch_size),
         "labels_sha256": _sha256_file(opts.labels),
         "boxes_sha256": _sha256_file(opts.boxes),
     }
@@ -305,10 +319,22 @@ def run_audit(
     inputs = load_audit_inputs(dataset, opts.labels, backbone.class_names, opts.boxes, opts.groups)
     factory = task_factory or classification_task
     task = factory(backbone, inputs, dataclasses.replace(opts, layer=layer), settings.device)
-    journal = Journal(out / JOURNAL, run_config(task, backbone, inputs, opts, settings.batch_size), opts.restart)
-    backbone.model.to(settings.device)
-    _run_batches(task, inputs, journal, backbone.preprocess, settings)
+    config = run_config(task, backbone, inputs, opts, settings.batch_size)
+    journal = run_journaled(task, backbone, inputs, config, out, settings, restart=opts.restart)
     return write_outputs(backbone, task, inputs, journal, opts, out, settings)
+
+
+def run_journaled(task: AuditTask, backbone: Backbone, inputs: AuditInputs, config: dict[str, Any], out: Path,
+                  settings: RunSettings, restart: bool = False) -> Journal:
+    """Open (or resume) the journal in ``out`` and run ``task`` over every batch it does not hold yet.
+
+    Raises:
+        JournalMismatchError: ``out`` holds the journal of another configuration (and not ``restart``).
+    """
+    journal = Journal(out / JOURNAL, config, restart)
+    backbone.model.to(settings.device)
+    _run_batches(task, inputs, journal, task.input_preprocess(backbone.preprocess), settings)
+    return journal
 
 
 def classification_task(backbone: Backbone, inputs: AuditInputs, opts: AuditOptions, device: Any) -> AuditTask:

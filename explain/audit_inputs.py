@@ -12,10 +12,16 @@ Three small file formats, all keyed by the image's path relative to the DATASET 
 * **Boxes** (``--boxes``, optional): a CSV ``path,x0,y0,x1,y1`` (several rows per image: the union of the boxes) or
   a COCO JSON file (``images[].file_name`` and ``annotations[].bbox = [x, y, w, h]``), in the pixels of the image
   file as a viewer shows it (after EXIF orientation, which is how :func:`explain.images.load_image` loads it).
-  :func:`boxes_to_input` maps them through the preprocessing's crop onto the model-input grid.
+  :func:`boxes_to_input` maps them through the preprocessing's crop onto the model-input grid. Every box is also
+  kept as a :class:`BoxObject` with its class and object id (the detection audit's ground truth): the CSV's
+  optional ``class`` (name or index) and ``object_id`` columns, COCO's ``category_id`` (named by ``categories``),
+  ``id`` and ``iscrowd``. A CSV row whose four coordinates are all empty lists its image without an object (a
+  detector audit then still counts that image's false positives); a COCO image without annotations is listed too.
+  Without ``--labels`` (the detection audit) the images the boxes file lists are the ones audited.
 
 * **Groups** (``--groups``, optional): a CSV with a ``path`` column and one or more attribute columns (e.g.
-  ``colour``, ``site``); each attribute gets its own summary.
+  ``colour``, ``site``); each attribute gets its own summary. For the detection audit an optional ``object_id``
+  column makes a row apply to that one object (rows without it apply to every object of the image).
 
 Bad rows never stop an audit: a label row naming a missing file or an unknown class is a per-input error (that
 image is not audited), a box that lies outside its image is a per-image warning (its metrics are NaN), group rows
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
     from explain.images import ImageFile
 
 __all__ = [
-    "NO_GROUP", "AuditInputs", "Box", "BoxFile", "GroupFile", "LabelFile", "MappedBoxes", "TrueLabel",
+    "NO_GROUP", "AuditInputs", "Box", "BoxFile", "BoxObject", "GroupFile", "LabelFile", "MappedBoxes", "TrueLabel",
     "boxes_to_input", "load_audit_inputs", "parse_boxes", "parse_groups", "parse_labels", "relative_key",
 ]
 
@@ -75,23 +81,62 @@ class LabelFile:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class BoxObject:
+    """One annotated object.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` in original-image pixels.
+        object_id: the CSV's ``object_id`` (else the row's 1-based ordinal among its image's rows) or COCO's
+            annotation ``id`` (else its position in ``annotations``).
+        category: the class as written (CSV ``class``, COCO category name, or COCO ``category_id`` as text when
+            the file has no ``categories``); ``None`` when the file gives no classes.
+        where: where it was read, for messages (``"gt.csv line 3"``, ``"gt.json annotation 5"``).
+        crowd: COCO ``iscrowd``: a region of many objects (ignored by the detection audit, as COCO does).
+    """
+
+    box: Box
+    object_id: str
+    category: str | None = None
+    where: str = ""
+    crowd: bool = False
+
+
 @dataclass
 class BoxFile:
-    """Parsed boxes: ``boxes[path]`` (original-image pixels) and per-image notes on rows that were dropped."""
+    """Parsed boxes: ``boxes[path]`` (original-image pixels) and per-image notes on rows that were dropped.
+
+    Attributes:
+        boxes: every image's boxes (their union is the classifier audit's object region).
+        notes: per image, the rows that were not a box and were ignored.
+        objects: the same boxes as :class:`BoxObject` (class, id), per image.
+        listed: every image the file names, in order of first mention (also those without a valid box).
+        has_classes: the file gives classes (a CSV ``class`` column, COCO ``category_id``).
+    """
 
     boxes: dict[str, list[Box]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
+    objects: dict[str, list[BoxObject]] = field(default_factory=dict)
+    listed: dict[str, None] = field(default_factory=dict)
+    has_classes: bool = False
 
     def note(self, key: str, text: str) -> None:
         self.notes.setdefault(key, []).append(text)
 
+    def add(self, key: str, obj: BoxObject) -> None:
+        """Add one valid object (and its box)."""
+        self.boxes.setdefault(key, []).append(obj.box)
+        self.objects.setdefault(key, []).append(obj)
+
 
 @dataclass
 class GroupFile:
-    """Parsed groups: the attribute ``columns`` and ``values[path][column]``."""
+    """Parsed groups: the attribute ``columns``, ``values[path][column]`` and, for per-object rows (an ``object_id``
+    column, detection audits), ``objects[(path, object_id)][column]``."""
 
     columns: list[str] = field(default_factory=list)
     values: dict[str, dict[str, str]] = field(default_factory=dict)
+    objects: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,16 +282,24 @@ def _boxes_csv(path: Path) -> BoxFile:
     if missing:
         raise UsageError(f"the boxes file {str(path)!r} needs the columns path,x0,y0,x1,y1 "
                          f"(missing: {', '.join(missing)})")
-    result = BoxFile()
+    result = BoxFile(has_classes="class" in columns)
+    ordinal: dict[str, int] = {}
     for line, row in rows:
         key = relative_key(row.get("path", ""))
         if not key:
             continue
-        box = _box_from_values([row.get(c) for c in ("x0", "y0", "x1", "y1")])
+        result.listed.setdefault(key)
+        values = [row.get(c) for c in ("x0", "y0", "x1", "y1")]
+        if not any(values):
+            continue  # an image without objects
+        ordinal[key] = ordinal.get(key, 0) + 1
+        box = _box_from_values(values)
+        where = f"{Path(path).name} line {line}"
         if isinstance(box, str):
-            result.note(key, f"{Path(path).name} line {line}: {box}; row ignored")
+            result.note(key, f"{where}: {box}; row ignored")
         else:
-            result.boxes.setdefault(key, []).append(box)
+            result.add(key, BoxObject(box, row.get("object_id") or str(ordinal[key]),
+                                      row.get("class") if result.has_classes else None, where))
     return result
 
 
@@ -260,7 +313,10 @@ def _boxes_coco(path: Path) -> BoxFile:
         raise UsageError(f"the boxes file {str(path)!r} is not COCO JSON: it needs 'images' and 'annotations' lists")
     names = {img.get("id"): relative_key(str(img.get("file_name", "")))
              for img in data["images"] if isinstance(img, dict)}
-    result = BoxFile()
+    categories = {c.get("id"): str(c.get("name", c.get("id"))) for c in data.get("categories") or []
+                  if isinstance(c, dict)}
+    result = BoxFile(has_classes=any(isinstance(a, dict) and "category_id" in a for a in data["annotations"]))
+    result.listed.update((key, None) for key in names.values() if key)
     for number, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
             continue
@@ -280,8 +336,16 @@ def _boxes_coco(path: Path) -> BoxFile:
         if isinstance(box, str):
             result.note(key, f"annotation {number}: {box}; ignored")
         else:
-            result.boxes.setdefault(key, []).append(box)
+            result.add(key, _coco_object(box, ann, number, categories, Path(path).name))
     return result
+
+
+def _coco_object(box: Box, ann: dict[str, Any], number: int, categories: dict[Any, str], source: str) -> BoxObject:
+    """A COCO annotation as a :class:`BoxObject` (category named by ``categories`` when it lists the id)."""
+    category = ann.get("category_id")
+    name = None if category is None else categories.get(category, str(category))
+    object_id = str(ann["id"]) if ann.get("id") is not None else str(number)
+    return BoxObject(box, object_id, name, f"{source} annotation {number}", bool(ann.get("iscrowd")))
 
 
 def parse_boxes(path: Path) -> BoxFile:
@@ -295,22 +359,33 @@ def parse_boxes(path: Path) -> BoxFile:
     return _boxes_coco(path) if Path(path).suffix.lower() == ".json" else _boxes_csv(path)
 
 
-def parse_groups(path: Path) -> GroupFile:
+def parse_groups(path: Path, per_object: bool = False) -> GroupFile:
     """Read a groups CSV: ``path`` plus one or more attribute columns (every other column is one attribute).
+
+    Args:
+        path: the CSV.
+        per_object: an ``object_id`` column is a key, not an attribute: a row with an object id applies to that
+            object only (:attr:`GroupFile.objects`), one without to the whole image (detection audits).
 
     Raises:
         UsageError: unreadable file, no ``path`` column or no attribute column.
     """
     columns, rows = _csv_rows(path, "groups", "path,group (or path plus several attribute columns)")
-    attributes = [c for c in columns if c and c != "path"]
+    keys = ("path", "object_id") if per_object else ("path",)
+    attributes = [c for c in columns if c and c not in keys]
     if not attributes:
         raise UsageError(f"the groups file {str(path)!r} has no group column: it needs path,group "
                          "(or path plus several attribute columns)")
     result = GroupFile(columns=attributes)
     for _, row in rows:
         key = relative_key(row.get("path", ""))
-        if key:
-            result.values[key] = {c: row.get(c, "") for c in attributes}
+        if not key:
+            continue
+        values = {c: row.get(c, "") for c in attributes}
+        if per_object and row.get("object_id"):
+            result.objects[(key, row["object_id"])] = values
+        else:
+            result.values[key] = values
     return result
 
 
@@ -332,7 +407,7 @@ def _unmatched(kind: str, source: str, keys: Sequence[str]) -> str:
 
 def load_audit_inputs(
     dataset: str | Path,
-    labels: str | Path,
+    labels: str | Path | None,
     class_names: Sequence[str],
     boxes: str | Path | None = None,
     groups: str | Path | None = None,
@@ -340,53 +415,69 @@ def load_audit_inputs(
     """List DATASET, read the labels, boxes and groups, and match them up.
 
     The audited images are the image files under ``dataset`` that have a valid label; a labels row for a file that
-    is not there is an error for that path; image files without a label are skipped with one warning.
+    is not there is an error for that path; image files without a label are skipped with one warning. Without
+    ``labels`` (the detection audit) the boxes file plays that part: the images it lists are audited (with or
+    without objects) and its groups file may hold per-object rows (an ``object_id`` column).
 
     Raises:
-        UsageError: DATASET is not a folder, a file cannot be read, or nothing at all can be audited.
+        UsageError: DATASET is not a folder, a file cannot be read, neither labels nor boxes are given, or nothing
+            at all can be audited.
     """
     from explain.images import find_images
 
     root = Path(dataset)
     if not root.is_dir():
         raise UsageError(f"DATASET {str(root)!r} is not a folder")
-    label_file = parse_labels(Path(labels), class_names)
+    if labels is None and boxes is None:
+        raise UsageError("an audit needs ground truth: --labels for a classifier, --boxes for a detector")
+    label_file = parse_labels(Path(labels), class_names) if labels is not None else None
     box_file = parse_boxes(Path(boxes)) if boxes is not None else BoxFile()
-    group_file = parse_groups(Path(groups)) if groups is not None else GroupFile()
+    group_file = parse_groups(Path(groups), per_object=labels is None) if groups is not None else GroupFile()
+    # What defines the audited images: the labels, or (detection) the images the boxes file lists.
+    listing: dict[str, Any] = label_file.labels if label_file is not None else box_file.listed
+    source = label_file.source if label_file is not None else Path(str(boxes)).name
     found, find_errors = find_images([root])
     by_key = {_key_of(f, root): f for f in found}
-    errors = list(find_errors) + list(label_file.errors)
+    errors = list(find_errors) + (list(label_file.errors) if label_file is not None else [])
     warnings: list[str] = []
-    for key in sorted(set(label_file.labels) - set(by_key)):
+    for key in sorted(set(listing) - set(by_key)):
         reason = "is a folder" if (root / key).is_dir() else "no such image file in DATASET"
-        errors.append(InputError(key, f"listed in {label_file.source} but {reason}"))
-    keys = sorted(k for k in by_key if k in label_file.labels)
-    unlabelled = sorted(k for k in by_key if k not in label_file.labels and k not in {e.path for e in errors})
+        errors.append(InputError(key, f"listed in {source} but {reason}"))
+    keys = sorted(k for k in by_key if k in listing)
+    unlabelled = sorted(k for k in by_key if k not in listing and k not in {e.path for e in errors})
     if unlabelled:
-        warnings.append(f"{len(unlabelled)} image(s) in DATASET have no row in {label_file.source} and are not "
+        warnings.append(f"{len(unlabelled)} image(s) in DATASET have no row in {source} and are not "
                         f"audited ({', '.join(unlabelled[:3])}{' ...' if len(unlabelled) > 3 else ''})")
     audited = set(keys)
-    if boxes is not None:
+    if boxes is not None and label_file is not None:
         stray = sorted(set(box_file.boxes) - audited)
         if stray:
             warnings.append(_unmatched("box", Path(boxes).name, stray))
     if groups is not None:
-        stray = sorted(set(group_file.values) - audited)
-        if stray and len(stray) == len(group_file.values):
-            example = keys[0] if keys else "sub/photo.jpg"
-            warnings.append(f"no row of {Path(groups).name} names an audited image (its paths must be relative to "
-                            f"DATASET, like {example!r}); every image falls in the group {NO_GROUP!r}")
-        elif stray:
-            warnings.append(_unmatched("group", Path(groups).name, stray))
-        missing = [k for k in keys if k not in group_file.values]
-        if missing:
-            warnings.append(f"{len(missing)} audited image(s) are not in {Path(groups).name}; they form the group "
-                            f"{NO_GROUP!r}")
+        warnings += _group_warnings(group_file, keys, Path(groups).name)
     if not keys:
-        raise UsageError(f"nothing to audit: no image under {str(root)!r} has a valid row in {label_file.source}"
+        raise UsageError(f"nothing to audit: no image under {str(root)!r} has a valid row in {source}"
                          + (f" (first problem: {errors[0]})" if errors else ""))
-    return AuditInputs(root=root, files=[by_key[k] for k in keys], keys=keys, labels=label_file, boxes=box_file,
+    return AuditInputs(root=root, files=[by_key[k] for k in keys], keys=keys,
+                       labels=label_file if label_file is not None else LabelFile(source=source), boxes=box_file,
                        groups=group_file, errors=errors, warnings=warnings)
+
+
+def _group_warnings(group_file: GroupFile, keys: Sequence[str], name: str) -> list[str]:
+    """Warnings about group rows that name no audited image and audited images without a group."""
+    warnings = []
+    named = set(group_file.values) | {path for path, _ in group_file.objects}
+    stray = sorted(named - set(keys))
+    if stray and len(stray) == len(named):
+        example = keys[0] if keys else "sub/photo.jpg"
+        warnings.append(f"no row of {name} names an audited image (its paths must be relative to "
+                        f"DATASET, like {example!r}); every image falls in the group {NO_GROUP!r}")
+    elif stray:
+        warnings.append(_unmatched("group", name, stray))
+    missing = [k for k in keys if k not in named]
+    if missing:
+        warnings.append(f"{len(missing)} audited image(s) are not in {name}; they form the group {NO_GROUP!r}")
+    return warnings
 
 
 # --------------------------------------------------------------------------------------------------------------

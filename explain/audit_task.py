@@ -2,7 +2,7 @@
 
 The runner (:mod:`explain.audit`) knows nothing about classifiers: it lists files, resumes from its journal, feeds
 batches to a *task* and writes what the task returns. :class:`ClassificationTask` is the task for image
-classifiers; a detection task plugs into the same seam (:class:`AuditTask`) later.
+classifiers; :class:`explain.audit_detection.DetectionTask` is the one for detectors (one record per object).
 
 What :class:`ClassificationTask` measures per image (every map is Grad-CAM++, Chattopadhyay et al. 2018,
 https://arxiv.org/abs/1710.11063, at the model-input resolution, via :mod:`explain.cam`):
@@ -81,6 +81,14 @@ class AuditTask(abc.ABC):
         Records must depend only on each image and the configuration, never on the batch's other images or its
         size' rounding, so that a resumed run equals an uninterrupted one.
         """
+
+    def input_preprocess(self, preprocess: Any) -> Any:
+        """The preprocessing the runner decodes batches with (default: the backbone's own).
+
+        A task whose inputs cannot be stacked (detectors take photos at their own sizes) returns a stand-in and
+        preprocesses each ``sample.loaded.image`` itself.
+        """
+        return preprocess
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from explain.html import Markup, esc, figure_data_uri, img, join, page, table
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["render_dashboard"]
+__all__ = ["render_dashboard", "render_detection_dashboard"]
 
 _CSS = """
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); gap: 10px; margin: 10px 0; }
@@ -166,11 +166,11 @@ def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
     return plots
 
 
-def _group_plot(column: str, groups: dict[str, dict[str, Any]]) -> Markup:
+def _group_plot(column: str, groups: dict[str, dict[str, Any]],
+                metrics: Sequence[str] = ("accuracy", "mean_true_prob", "mean_energy_in_box")) -> Markup:
     import numpy as np
 
-    metrics = [m for m in ("accuracy", "mean_true_prob", "mean_energy_in_box")
-               if any(g[m] is not None for g in groups.values())]
+    metrics = [m for m in metrics if any(g[m] is not None for g in groups.values())]
     names = list(groups)
     fig = _figure(max(5.0, 1.1 * len(names) + 2.5), 3.2)
     ax = fig.subplots()
@@ -316,3 +316,162 @@ def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]],
         Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DEFINITIONS}</details>"),
     ])
     return page(f"Audit of {summary['dataset']}", body, css=_CSS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The detection audit's page (:mod:`explain.audit_detection`)
+
+_DETECTION_DEFINITIONS = Markup("""
+<ul>
+<li><b>detected</b>: a detection with confidence at or above the score threshold overlaps the object with IoU at
+or above the IoU threshold, of the same class when the ground truth gives classes. Detections are matched greedily
+in order of confidence, each to the best-overlapping object still free (COCO's rule); the rest are <b>false
+positives</b> (duplicates included; detections on COCO crowd regions are ignored).</li>
+<li><b>recall</b>: share of the objects detected; <b>precision</b>: share of the counted detections that matched an
+object.</li>
+<li><b>energy on object</b>: share of the matched detection's map energy inside the object's box (energy-based
+pointing game, Wang et al. 2020); <b>box area</b> is what a uniform map scores. <b>Surroundings</b>: the share in
+the ring between the box and the box enlarged twice about its centre.</li>
+<li><b>pointing game</b>: the map's maximum lies within 15 photo pixels of the box.</li>
+<li><b>size</b>: COCO's object sizes by box area in photo pixels: small &lt; 32&sup2;, medium &lt; 96&sup2;,
+large.</li>
+</ul>
+""")
+
+_DETECTION_GROUP_COLUMNS = ("recall", "mean_score", "mean_iou", "mean_energy_in_box")
+
+
+def _detection_cards(summary: dict[str, Any]) -> Markup:
+    o = summary["overall"]
+    cards = [_card("recall", o["recall"], f"{o['detected']} of {o['objects']} objects", True),
+             _card("precision", o["precision"], f"{o['detections']} detections", True),
+             _card("false positives per image", o["false_positives_per_image"],
+                   f"{o['false_positives']} in {o['images_with_false_positives']} images"),
+             _card("mean IoU of detected objects", o["mean_iou"]),
+             _card("mean confidence of detected objects", o["mean_score"])]
+    if o["mean_energy_in_box"] is not None:
+        cards += [_card("energy on object", o["mean_energy_in_box"], f"box area {_fmt(o['mean_area_share'])}"),
+                  _card("energy in surroundings", o["mean_energy_around_box"], "ring out to 2x the box"),
+                  _card("pointing game", o["pointing_accuracy"], "hits", True)]
+    return Markup(f'<div class="cards">{join(cards)}</div>')
+
+
+def _histogram(values: Sequence[float], xlabel: str, ylabel: str, alt: str,
+               line: tuple[float, str] | None = None, colour: str = _COLOURS["cam"]) -> Markup | None:
+    if not values:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    ax.hist(values, bins=20, range=(0, 1), color=colour)
+    if line is not None:
+        ax.axvline(line[0], color="k", linestyle="--", label=line[1])
+        ax.legend(frameon=False, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _plot(fig, alt)
+
+
+def _detection_plots(objects: Sequence[dict[str, Any]]) -> Markup:
+    found = [r for r in objects if r.get("matched")]
+    area = _column(found, "area_share")
+    plots = [
+        _histogram(_column(found, "score"), "confidence of the matching detection", "objects",
+                   "histogram of the matched detections' confidence", colour=_COLOURS["good"]),
+        _histogram(_column(found, "iou"), "IoU with the matching detection", "objects",
+                   "histogram of the matched detections' IoU", colour=_COLOURS["good"]),
+        _histogram(_column(found, "energy_in_box"), "share of the map's energy on the object", "objects",
+                   "histogram of the energy on the object",
+                   (sum(area) / len(area), "mean box area (uniform map)") if area else None),
+        _histogram(_column(objects, "best_iou", lambda r: r.get("matched") is False),
+                   "best IoU of any detection with a missed object", "objects",
+                   "histogram of the best IoU of missed objects", colour=_COLOURS["bad"]),
+    ]
+    return Markup(f'<h2>Distributions</h2><div class="plots">{join(p for p in plots if p is not None)}</div>')
+
+
+def _detection_groups(summary: dict[str, Any]) -> Markup:
+    parts: list[Markup] = []
+    for column, block in summary["groups"].items():
+        groups = block["groups"]
+        rows = [[name, g["objects"], g["detected"], g["recall"], g["mean_score"], g["mean_iou"],
+                 g["mean_energy_in_box"], g["false_positives_per_image"]] for name, g in groups.items()]
+        headers = [column, "objects", "detected", "recall", "mean confidence", "mean IoU", "energy on object",
+                   "false positives / image"]
+        gaps = [f"{metric.replace('_', ' ')}: {gap['gap']:.3f} ({gap['highest']} over {gap['lowest']})"
+                for metric, gap in block["gap"].items()]
+        parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
+                  Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
+                  _group_plot(column, groups, _DETECTION_GROUP_COLUMNS)]
+    return Markup(f"<h2>Groups</h2>{join(parts)}") if parts else Markup("")
+
+
+def _object_caption(record: dict[str, Any]) -> str:
+    name = record["class_name"] or "object"
+    text = f"{record['path']} · object {record['object_id']} · {name} ({record['size']})"
+    if record.get("matched"):
+        text += (f" · detected as #{record['det_rank']} {record['det_name']} (confidence {_fmt(record['score'])}, "
+                 f"IoU {_fmt(record['iou'])}) · energy on object {_fmt(record['energy_in_box'])} "
+                 f"(box area {_fmt(record['area_share'])})")
+    else:
+        text += f" · missed (best IoU {_fmt(record['best_iou'])})"
+    return text
+
+
+_DETECTION_WORST = {
+    "missed": ("Missed objects (largest first)",
+               "the photo with the counted detections (solid, class colours); the object's box dashed white"),
+    "off_object": ("Detected, but most of the map's energy lies off the object",
+                   "the detection's map; the detection framed in white and tagged; the object's box dashed white"),
+}
+
+
+def _detection_worst(summary: dict[str, Any], objects: Sequence[dict[str, Any]], pictures: dict[str, str]) -> Markup:
+    by_key = {f"{r['path']}#{r['object_id']}": r for r in objects}
+    parts: list[Markup] = []
+    for kind, chosen in summary["worst"].items():
+        if not chosen:
+            continue
+        title, note = _DETECTION_WORST.get(kind, (kind, ""))
+        figures = []
+        for entry in chosen:
+            key = f"{entry['path']}#{entry['object_id']}"
+            picture = img(pictures[key], f"{kind}: {key}") if key in pictures else Markup("")
+            figures.append(Markup(f"<figure>{picture}<figcaption>{esc(_object_caption(by_key[key]))}</figcaption>"
+                                  "</figure>"))
+        parts += [Markup(f"<h3>{esc(title)}</h3><p class=\"muted\">{esc(note)}</p>"),
+                  Markup(f'<div class="grid">{join(figures)}</div>')]
+    rows = summary.get("false_positives") or []
+    if rows:
+        body = table(["image", "rank", "class", "confidence", "box"],
+                     [[r["path"], r["rank"], r["name"], r["score"], ", ".join(f"{v:.0f}" for v in r["box"])]
+                      for r in rows])
+        parts.append(Markup(f"<h3>Most confident false positives</h3>{body}"))
+    return Markup(f"<h2>Worst examples</h2>{join(parts)}") if parts else Markup("")
+
+
+def render_detection_dashboard(summary: dict[str, Any], objects: Sequence[dict[str, Any]],
+                               pictures: dict[str, str]) -> str:
+    """The detection audit's page: cards, distributions, groups with their gaps, worst examples, problems.
+
+    Args:
+        summary: the ``summary.json`` content (see :func:`explain.audit_detection_outputs.write_detection_outputs`).
+        objects: the object records, sorted by path.
+        pictures: ``"path#object_id"`` -> data URI of the worst examples' pictures.
+
+    Returns:
+        A self-contained HTML document.
+    """
+    counts = summary["counts"]
+    where = f"{summary['method']} at {summary['layer']}" if summary.get("layer") else summary["method"]
+    options = summary["options"]
+    meta = (f"model {summary['model']} · {where} · {counts['images']} photos, {counts['objects']} objects audited · "
+            f"IoU >= {options['iou']:g}, confidence >= {options['score_threshold']:g} · {counts['errors']} "
+            "inputs failed")
+    body = join([
+        Markup(f"<h1>Detection audit of {esc(summary['dataset'])}</h1>"), Markup(f'<p class="meta">{esc(meta)}</p>'),
+        _detection_cards(summary), _detection_plots(objects), _detection_groups(summary),
+        _detection_worst(summary, objects, pictures), _problems(summary),
+        Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DETECTION_DEFINITIONS}"
+               "</details>"),
+    ])
+    return page(f"Detection audit of {summary['dataset']}", body, css=_CSS)

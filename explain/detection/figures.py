@@ -3,7 +3,8 @@
 * :func:`draw_detections`: the photo with every detection's box and a ``class score`` tag (PIL, photo size); the
   explained detections are drawn thicker and numbered by rank.
 * :func:`detection_panel`: one explained detection: the detections | its map over the photo with its box |
-  the box region (with a margin) enlarged, the box drawn in both, so each map is visibly tied to its box.
+  the box region (with a margin) enlarged, the box drawn in both, so each map is visibly tied to its box; a colour
+  bar beside the map panels says what the colours mean.
 * :func:`segmentation_panel`: the predicted classes over the photo | the class map with a legend | the map of
   the explained class with its region outlined.
 
@@ -122,8 +123,10 @@ def detection_panel(
     detection: Detection,
     title: str,
     map_title: str,
+    colormap: str | None = None,
+    map_label: str = "map, normalised",
 ) -> Figure:
-    """Detections | the map in context with the box | the box region enlarged.
+    """Detections | the map in context with the box | the box region enlarged (| colour bar).
 
     Args:
         boxes_image: the photo with the detections drawn (:func:`draw_detections`).
@@ -131,6 +134,10 @@ def detection_panel(
         detection: the explained detection (its box is outlined in the map panels).
         title: the figure title.
         map_title: the title of the middle panel (e.g. ``"Grad-CAM++ at backbone.body.layer4"``).
+        colormap: the colour map ``shown`` was coloured with (see :func:`blend`): a colour bar labelled
+            ``map_label`` is drawn beside the map panels, 0 (no evidence) to 1 (the map's maximum). ``None`` (e.g.
+            a guided-backprop picture, whose colours are gradient signs, not a scale): no colour bar.
+        map_label: what the map is, e.g. ``"Grad-CAM++ of the class logit, normalised"``.
     """
     from matplotlib.figure import Figure
 
@@ -153,8 +160,23 @@ def detection_panel(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    if colormap is not None:
+        _colour_bar(fig, axes[2], colormap, map_label, width=0.05 / crop_width)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def _colour_bar(fig: Figure, ax: Any, colormap: str, label: str, width: float = 0.05) -> None:
+    """A vertical 0-1 colour bar of ``colormap`` just right of ``ax``, as tall as its picture and ``width`` of its
+    width (the map was min-max normalised, so 1 is its maximum)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=check_colormap(colormap))
+    bar = fig.colorbar(mappable, cax=ax.inset_axes((1.0 + 0.8 * width, 0.0, width, 1.0)))
+    bar.set_ticks([0.0, 0.5, 1.0], labels=["0", "0.5", "1 (max)"])
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label(label, fontsize=8)
 
 
 def blend(image: Image.Image, map01: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:

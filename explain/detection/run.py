@@ -310,7 +310,9 @@ def _write_detection(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else " (dY/dphoto)")
     title = (f"{loaded.display}\n#{d.rank + 1} {name} · confidence {d.score:.2f} · explained: "
              f"{COMPONENT_TEXT[m.component]} = {m.value:.3g}")
-    write_figure(out / outputs["figure"], detection_panel(boxes, shown, d, title, where))
+    label = f"{METHOD_TITLES[method]} of the {COMPONENT_TEXT[m.component]}, normalised"
+    write_figure(out / outputs["figure"], detection_panel(boxes, shown, d, title, where,
+                                                          None if m.gradient is not None else opts.colormap, label))
     item = _image_record(loaded, geometry)
     item.update({
         "prediction": None, "method": method, "layer": layers[0] if len(layers) == 1 else layers,

@@ -71,7 +71,8 @@ class DetectionRequest:
 
     def __post_init__(self) -> None:
         if self.component not in BOX_COMPONENTS:
-            raise UsageError(f"unknown detection component {self.component!r}: choose one of {', '.join(BOX_COMPONENTS)}")
+            raise UsageError(f"unknown detection component {self.component!r}: "
+                             f"choose one of {', '.join(BOX_COMPONENTS)}")
         if not self.ranks and self.box is None and self.score_threshold is None:
             raise UsageError("no detection chosen: give a rank, a box or a score threshold")
         if any(r < 0 for r in self.ranks):
