@@ -4,6 +4,7 @@ detection``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,8 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    BatchOpt, ClassesOpt, DeviceOpt, JsonOpt, ModelOptions, NumClassesOpt, QuietOpt, SeedOpt, TrustOpt,
-    WeightsOpt, WorkersOpt, console, finish, handle_errors, progress_bar, stderr_line,
+    ModelOptions, RunArgs, console, finish, handle_errors, model_command, progress_bar, stderr_line,
 )
 
 if TYPE_CHECKING:
@@ -44,9 +44,12 @@ AuditModelOpt = Annotated[str | None, typer.Option(
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Layer Grad-CAM++ explains at. Default: the model's last convolutional block.",
     show_default=False)]
+AuditOutOpt = Annotated[Path, typer.Option(help="Output folder; re-running with the same folder resumes.")]
 
 
 @handle_errors
+@model_command(model=None, model_option=AuditModelOpt, tasks=("classification", "detection"), batch_size=16,
+               out=Path("cnn-explain-audit"), out_option=AuditOutOpt)
 def audit(
     dataset: DatasetArg,
     labels: LabelsOpt = None,
@@ -70,19 +73,9 @@ def audit(
     method: Annotated[str, typer.Option(help="Detectors: gradcam, gradcam++ or guided.")] = "gradcam++",
     restart: Annotated[bool, typer.Option("--restart", help="Discard the journal in --out instead of resuming "
                                                             "it.")] = False,
-    model: AuditModelOpt = None,
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 16,
-    workers: WorkersOpt = 0,
-    out: Annotated[Path, typer.Option(help="Output folder; re-running with the same folder resumes.")] = Path(
-        "cnn-explain-audit"),
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Audit a classifier over a labelled dataset, or a detector against ground-truth boxes (--task detection):
     per-image (per-object) CSV/JSON, summary and an HTML dashboard. Resumable."""
@@ -97,15 +90,15 @@ def audit(
     opts = None
     if labels is not None:
         opts = AuditOptions(labels=labels, boxes=boxes, groups=groups, layer=layer, sanity=sanity, shift=shift,
-                            steps=steps, seed=seed, worst=worst, restart=restart)
+                            steps=steps, seed=model_options.seed, worst=worst, restart=restart)
         opts.check()
-    name = model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
-    backbone, torch_device = ModelOptions(name, weights, classes, num_classes, trust_checkpoint, device, seed,
-                                          ("classification", "detection")).load()
+    name = model_options.model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
+    backbone, torch_device = dataclasses.replace(model_options, model=name).load()
     kind = task_of(backbone)
     if wanted is not None and wanted != kind:
         raise UsageError(f"--task {wanted} but {name} is a {kind} model; pick a {wanted} model with --model")
-    make_settings = lambda advance: _settings(batch_size, torch_device, workers, advance)  # noqa: E731
+    make_settings = lambda advance: _settings(run.batch_size, torch_device, run.workers or 0, advance)  # noqa: E731
+    out, json_, quiet = run.out, run.as_json, run.quiet
     _check_ground_truth(kind, labels, boxes)
     if kind == "detection":
         from explain.audit_detection import DetectionAuditOptions
@@ -199,12 +192,7 @@ def _print_detection_summary(result: AuditResult) -> None:
 
 def _print_summary(result: AuditResult) -> None:
     s = result.summary
-
-    def fmt(value: object, percent: bool = False) -> str:
-        if value is None:
-            return "n/a"
-        return f"{100 * float(value):.1f}%" if percent else f"{float(value):.3f}"
-
+    fmt = _fmt
     out = console()
     o, loc, f, t, san = (s[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
     out.print(f"audited {o['n']} images: accuracy {fmt(o['accuracy'], True)}, mean true-class prob "
