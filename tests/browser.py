@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from html.parser import HTMLParser
 import os
 import select
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["PageLoad", "chromium_path", "load_page"]
+__all__ = ["PageLoad", "ParsedHtml", "chromium_path", "load_page", "parse_html"]
 
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _FLAGS = (
@@ -223,3 +224,25 @@ def _inspect(browser: _Pipe, path: Path, screenshot: Path | None, width: int, ti
                             {"format": "png", "clip": clip, "captureBeyondViewport": True}, session=session)
         Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
     return result
+
+
+class ParsedHtml(HTMLParser):
+    """Start tags with their attributes, and text chunks, of an HTML document (no browser needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:  # noqa: D102
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:  # noqa: D102
+        self.text.append(data)
+
+
+def parse_html(document: str | Path) -> ParsedHtml:
+    """Parse a document given as text or as a file path."""
+    parser = ParsedHtml()
+    parser.feed(document.read_text(encoding="utf-8") if isinstance(document, Path) else document)
+    return parser

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -11,28 +10,9 @@ import pytest
 from PIL import Image
 
 from explain.html import CSP, Markup, esc, img, join, page, png_data_uri, table
-from tests.browser import load_page
+from tests.browser import load_page, parse_html
 
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
-
-
-class _Collect(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _parse(document: str) -> _Collect:
-    parser = _Collect()
-    parser.feed(document)
-    return parser
 
 
 def test_esc_escapes_markup_characters_and_passes_markup_through() -> None:
@@ -45,7 +25,7 @@ def test_esc_escapes_markup_characters_and_passes_markup_through() -> None:
 
 def test_hostile_text_stays_text_in_tables_attributes_and_titles() -> None:
     document = page(HOSTILE, Markup(table(["file"], [[HOSTILE]]) + img("data:image/png;base64,AA", HOSTILE)))
-    parsed = _parse(document)
+    parsed = parse_html(document)
     assert [tag for tag, _ in parsed.tags].count("img") == 1  # only our own <img>, the name did not become one
     (alt,) = [attrs["alt"] for tag, attrs in parsed.tags if tag == "img"]
     assert alt == HOSTILE
@@ -57,13 +37,13 @@ def test_page_refuses_plain_strings_and_carries_the_policy() -> None:
     with pytest.raises(TypeError):
         page("t", "<p>unescaped</p>")  # type: ignore[arg-type]
     document = page("t", Markup("<p>x</p>"))
-    (policy,) = [a["content"] for t, a in _parse(document).tags if t == "meta" and a.get("http-equiv")]
+    (policy,) = [a["content"] for t, a in parse_html(document).tags if t == "meta" and a.get("http-equiv")]
     assert policy == CSP
     assert "script-src" not in policy and "default-src 'none'" in policy  # no scripts, no fetches
 
 
 def test_table_formats_numbers_and_blanks_nan() -> None:
-    rows = _parse(table(["a", "b"], [[0.12345, float("nan")], [3, True]])).text
+    rows = parse_html(table(["a", "b"], [[0.12345, float("nan")], [3, True]])).text
     assert "0.123" in rows and "nan" not in " ".join(rows).lower()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from torch import nn
 from explain.backbones.base import Backbone, Preprocess
 from explain.report import Reporter, ReportOptions, page_names
 from explain.report_render import _REFERENCES, ReportPage, index_html, mpl_text, page_html
+from tests.browser import parse_html
 from explain.targets import ClassTarget
 
 HOSTILE = ["<b>bold</b>", "a$b$c & <i>", "<script>alert(1)</script>", "plain"]
@@ -137,25 +137,6 @@ def test_report_data_equals_the_engines(lite0, samples: Path) -> None:
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def parse(document: str) -> _Tags:
-    parser = _Tags()
-    parser.feed(document)
-    return parser
-
-
 def _tiny_page(display: str) -> ReportPage:
     from PIL import Image
 
@@ -179,7 +160,7 @@ def test_user_text_is_escaped_in_pages_and_figures() -> None:
     display = "photos/<img src=x onerror=alert(1)>$x$.jpg"
     report = _tiny_page(display)
     document = page_html(report)
-    parsed = parse(document)
+    parsed = parse_html(document)
     assert {tag for tag, _ in parsed.tags} <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3",
                                               "p", "a", "div", "figure", "figcaption", "img", "table", "thead",
                                               "tbody", "tr", "th", "td", "details", "summary", "ul", "li", "b", "code",
@@ -194,7 +175,7 @@ def test_user_text_is_escaped_in_pages_and_figures() -> None:
     assert all(a.get("onerror") is None for _, a in parsed.tags)
     assert mpl_text("a$b$c") == r"a\$b\$c"
     index = index_html([_index_entry(report)], [("<b>bad</b>.jpg", "not an image: <oops>")], "tiny")
-    parsed = parse(index)
+    parsed = parse_html(index)
     assert "b" not in {tag for tag, _ in parsed.tags}
     text = "".join(parsed.text)
     assert display in text and "<b>bad</b>.jpg" in text and "not an image: <oops>" in text
@@ -208,7 +189,7 @@ def _index_entry(report: ReportPage):
 
 def test_a_page_embeds_every_image() -> None:
     report = _tiny_page("a.png")
-    parsed = parse(page_html(report))
+    parsed = parse_html(page_html(report))
     images = [attrs for tag, attrs in parsed.tags if tag == "img"]
     assert len(images) == 4  # photo, CAMs, gradients, channel (no index: no neighbours)
     assert all(str(a["src"]).startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for a in images)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.browser import load_page
+from tests.browser import load_page, parse_html
 
 runner = CliRunner()
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
@@ -37,27 +36,8 @@ def load(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def parse(path: Path) -> _Tags:
-    parser = _Tags()
-    parser.feed(path.read_text(encoding="utf-8"))
-    return parser
-
-
 def image_sources(path: Path) -> list[str]:
-    return [str(attrs.get("src")) for tag, attrs in parse(path).tags if tag == "img"]
+    return [str(attrs.get("src")) for tag, attrs in parse_html(path).tags if tag == "img"]
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +67,13 @@ def test_pages_index_and_manifest(html_run) -> None:
     assert [c["index"] for c in chelsea["explained"]] == [p["index"] for p in chelsea["prediction"][:3]]
     assert chelsea["smoothgrad"]["samples"] == 2 and chelsea["channel"]["layer"] == "_head_act"
     page = out / chelsea["outputs"]["page"]
-    parsed = parse(page)
+    parsed = parse_html(page)
     text = " ".join(parsed.text)
     assert "tiger cat" in text and "Egyptian cat" in text and "tabby" in text
     assert len(image_sources(page)) == 4  # photo, Grad-CAM++ row, gradients row, channel view
     assert page.stat().st_size < 3_000_000
     # the index page links every page and lists every failed input
-    index = parse(out / "index.html")
+    index = parse_html(out / "index.html")
     links = {a["href"] for tag, a in index.tags if tag == "a"}
     assert links == {i["outputs"]["page"] for i in manifest["items"]}
     index_text = " ".join(index.text)
@@ -119,7 +99,7 @@ def test_a_hostile_file_name_is_text(html_run) -> None:
     page = out / item["outputs"]["page"]
     assert re.fullmatch(r"[A-Za-z0-9._-]+\.html", item["outputs"]["page"])
     for path in (page, out / "index.html"):
-        parsed = parse(path)
+        parsed = parse_html(path)
         assert HOSTILE in " ".join(parsed.text)
         assert all("onerror" not in attrs for _, attrs in parsed.tags)
         assert all(str(attrs.get("src", "")).startswith("data:") for tag, attrs in parsed.tags if tag == "img")
@@ -177,7 +157,7 @@ def test_hostile_class_names_of_a_custom_model(tmp_path: Path, samples: Path) ->
     item = load(out)["items"][0]
     assert sorted(c["name"] for c in item["explained"]) == sorted(names)
     page = out / item["outputs"]["page"]
-    parsed = parse(page)
+    parsed = parse_html(page)
     assert not any(tag == "script" for tag, _ in parsed.tags)
     text = " ".join(parsed.text)
     assert all(name in text for name in names)
@@ -223,7 +203,7 @@ def test_index_adds_the_nearest_gallery_images(small_index: Path, tmp_path: Path
     np.testing.assert_allclose([n["distance"] for n in nearest], found.distances[0], atol=1e-3)
     page = out / item["outputs"]["page"]
     assert len(image_sources(page)) == 4 + 3
-    text = " ".join(parse(page).text)
+    text = " ".join(parse_html(page).text)
     assert all(n["path"] in text for n in nearest) and "nearest gallery images" in text
 
 
