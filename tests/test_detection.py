@@ -293,3 +293,19 @@ def test_pretrained_weights_are_never_downloaded():
 def test_detection_record_is_hashable():
     d = Detection(0, 0, 1, 0.5, (0.0, 0.0, 1.0, 1.0), 3)
     assert {d: 1}[d] == 1
+
+
+def test_small_photos_are_enlarged_before_boxes_and_tags_are_drawn() -> None:
+    from PIL import Image
+
+    from explain.detection.figures import class_colour, draw_detections
+
+    photo = Image.new("RGB", (64, 48))
+    d = Detection(0, 0, 1, 0.9, (8.0, 8.0, 24.0, 24.0), 0)
+    plain = draw_detections(photo, [d], ["bg", "red"], explained=[0])
+    big = draw_detections(photo, [d], ["bg", "red"], explained=[0], min_side=480)
+    assert plain.size == (64, 48) and big.size == (64 * 8, 48 * 8)  # whole factor: 480 / 64 -> 8
+    colour = Image.new("RGB", (1, 1), class_colour(1)).getpixel((0, 0))
+    assert big.getpixel((8 * 8, 8 * 16)) == colour  # the box's left edge, at the enlarged position
+    assert big.getpixel((8 * 16, 8 * 16)) == (0, 0, 0)  # inside the box: the photo
+    assert draw_detections(Image.new("RGB", (640, 480)), [d], ["bg", "red"], min_side=480).size == (640, 480)

@@ -51,16 +51,24 @@ def _font(size: int) -> Any:
 
 
 def draw_detections(image: Image.Image, detections: Sequence[Detection], class_names: Sequence[str],
-                    explained: Sequence[int] = (), max_boxes: int = 15, tag_all: bool = True) -> Image.Image:
+                    explained: Sequence[int] = (), max_boxes: int = 15, tag_all: bool = True,
+                    min_side: int = 0) -> Image.Image:
     """The photo with boxes and ``#rank class score`` tags (the best ``max_boxes`` detections and every explained).
 
     Explained detections (by rank) get a thick box in a white frame; the others a thin one. Tags sit above the box
     (inside it when the box touches the top edge) on a filled background in the class colour, so they stay legible
     on any photo. With ``tag_all=False`` only the explained detections are tagged (the others are context).
+    A photo whose longer side is under ``min_side`` pixels is first enlarged by a whole factor (nearest neighbour,
+    so its pixels stay sharp): tags drawn at a legible size would otherwise cover a small photo. The result is then
+    that much larger than the photo.
     """
+    from PIL import Image as PILImage
     from PIL import ImageDraw
 
-    canvas = image.convert("RGB").copy()
+    canvas = image.convert("RGB")
+    factor = -(-min_side // max(canvas.size)) if max(canvas.size) < min_side else 1
+    canvas = canvas.resize((canvas.width * factor, canvas.height * factor), PILImage.Resampling.NEAREST) \
+        if factor > 1 else canvas.copy()
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     scale = max(width, height)
@@ -70,7 +78,7 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection], class_n
     shown = [d for d in detections if d.rank < max_boxes or d.rank in chosen]
     for d in sorted(shown, key=lambda d: (d.rank in chosen, -d.rank)):  # explained ones last, on top
         colour = class_colour(d.label)
-        x0, y0, x1, y1 = d.box
+        x0, y0, x1, y1 = (v * factor for v in d.box)
         line = thick if d.rank in chosen else thin
         if d.rank in chosen:
             draw.rectangle((x0 - line, y0 - line, x1 + line, y1 + line), outline=EXPLAINED, width=max(1, line // 2))
@@ -141,7 +149,7 @@ def detection_panel(
     """
     from matplotlib.figure import Figure
 
-    width, height = boxes_image.size
+    height, width = shown.shape[:2]  # boxes_image may be an enlarged copy of a small photo
     cx0, cy0, cx1, cy1 = _crop_box(detection.box, (width, height))
     aspect = height / width
     # The crop panel is as tall as the others: its width follows the crop's own aspect ratio.

@@ -271,7 +271,7 @@ def _draw_all(loaded: LoadedImage, detections: Sequence[Detection], class_names:
               explained: Sequence[int], tag_all: bool = True) -> Any:
     from explain.detection.figures import draw_detections
 
-    return draw_detections(loaded.image, detections, class_names, explained, tag_all=tag_all)
+    return draw_detections(loaded.image, detections, class_names, explained, tag_all=tag_all, min_side=480)
 
 
 def _selection_record(request: DetectionRequest, class_names: Sequence[str]) -> dict[str, Any]:
