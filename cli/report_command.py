@@ -33,6 +33,9 @@ def report(
         min=0.0, help="SmoothGrad noise: standard deviation as a fraction of each image's input range.")] = 0.15,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Nearest gallery images shown with --index.")] = 6,
     metric: Annotated[str, typer.Option(help="Neighbour distance: l2 or cosine.")] = "l2",
+    layer: Annotated[str | None, typer.Option(
+        "--layer", "-l", help="Layer of the CAMs and of the most-active-channel view ('cnn-explain layers'). "
+                              "Default: the model's last convolutional block.", show_default=False)] = None,
     *,
     model_options: ModelOptions,
     run: RunArgs,
@@ -42,7 +45,7 @@ def report(
     from explain.report import ReportOptions, run_report
 
     opts = ReportOptions(top=top, samples=samples, noise=noise, seed=model_options.seed, neighbours=k, metric=metric,
-                         fmt=fmt).check()
+                         fmt=fmt, layer=layer).check()
     index = None
     if index_dir is not None:
         from explain.gallery import load_index

@@ -89,6 +89,8 @@ class ReportOptions:
         fmt: ``html`` (a page per image and an index page) or ``pdf`` (one multi-page figure sheet).
         colormap: colour map of the CAMs.
         alpha: heat opacity of the CAM overlays.
+        layer: the layer of the CAMs and of the most-active-channel view (``None``: the backbone's default layer).
+            A mid layer gives channel views with a receptive field smaller than the image.
     """
 
     top: int = 5
@@ -101,6 +103,7 @@ class ReportOptions:
     fmt: str = "html"
     colormap: str = "jet"
     alpha: float = 0.5
+    layer: str | None = None
 
     def check(self) -> ReportOptions:
         """Validate every option (no model needed); returns ``self`` with ``fmt`` normalised.
@@ -174,6 +177,8 @@ class ChannelView:
         box: the unit's theoretical receptive field ``(x0, y0, x1, y1)`` in model-input pixels, clipped to the input
             (pixel edges), or ``None`` when the layer table has no receptive field for the layer.
         rf_size: the unclipped receptive field ``(h, w)`` in pixels, or ``None``.
+        centre: the receptive field's centre ``(y, x)`` in model-input pixel coordinates (pixel centres at
+            ``0 .. W-1``), or ``None``; unlike the clipped box's middle, it is where the unit looks.
     """
 
     layer: str
@@ -185,12 +190,15 @@ class ChannelView:
     value: float = 0.0
     box: tuple[float, float, float, float] | None = None
     rf_size: tuple[int, int] | None = None
+    centre: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layer": self.layer, "channel": self.channel, "channels": self.channels,
                                "mean": round(self.mean, 6), "unit": list(self.unit), "value": round(self.value, 6)}
         if self.box is not None and self.rf_size is not None:
             out["receptive_field"] = {"box": [round(v, 3) for v in self.box], "size": list(self.rf_size)}
+            if self.centre is not None:
+                out["receptive_field"]["centre"] = [round(v, 3) for v in self.centre]
         return out
 
 
@@ -277,7 +285,7 @@ class Reporter:
 
         self.backbone = backbone
         self.options = (options or ReportOptions()).check()
-        self.layer = backbone.default_layer
+        self.layer = self.options.layer or backbone.default_layer
         resolve_layer(backbone.model, self.layer)
         check_not_scripted(backbone.model, "the report's guided backpropagation")
         self.index = index
@@ -397,6 +405,8 @@ class Reporter:
         if row is not None and row.receptive_field is not None:
             view.box = row.unit_box(y, x, clip_to=self.backbone.input_size)
             view.rf_size = (int(row.receptive_field[0]), int(row.receptive_field[1]))
+            if row.start is not None and row.jump is not None:
+                view.centre = (row.start[0] + y * row.jump[0], row.start[1] + x * row.jump[1])
         return view
 
     def _neighbours(self, features: np.ndarray) -> list[list[Neighbour] | None]:

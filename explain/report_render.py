@@ -203,7 +203,8 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     axes[1].imshow(up, cmap=cmap, alpha=0.45, vmin=0.0, vmax=1.0)
     if box is not None and ch.rf_size is not None:
         _draw_box(axes[1], box)
-        centre_x, centre_y = (box[0] + box[2]) / 2 - 0.5, (box[1] + box[3]) / 2 - 0.5
+        centre_y, centre_x = ch.centre if ch.centre is not None else ((box[1] + box[3]) / 2 - 0.5,
+                                                                      (box[0] + box[2]) / 2 - 0.5)
         axes[1].plot([centre_x], [centre_y], marker="+", color="#ffd400", markersize=10, mew=2)
         inside = f"{box[2] - box[0]:.0f}x{box[3] - box[1]:.0f} inside the input"
         covers = (box[2] - box[0]) * (box[3] - box[1]) >= 0.999 * height * width

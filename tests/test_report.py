@@ -82,6 +82,7 @@ def test_most_active_channel_and_receptive_field_by_hand() -> None:
     assert ch.unit == (3, 5) and ch.value == pytest.approx(2.0)
     assert ch.mean == pytest.approx(2.0 * (9 * 1.0 + 9 * 0.5) / 100)
     assert ch.box == (5.0, 3.0, 8.0, 6.0) and ch.rf_size == (3, 3)
+    assert ch.centre == (4.0, 6.0)  # pixel centres: rows 3..5, columns 5..7
     # prediction: logits = (I + 0.1) @ mean(head) -> class 3 (twice channel 0) first, then class 0
     assert [p.index for p in exp.predictions] == [3, 0, 1]
     assert [c.index for c in exp.classes] == [3, 0] and [c.rank for c in exp.classes] == [1, 2]
