@@ -133,14 +133,15 @@ class _GuidedRectifier(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # noqa: D102
-        positive = grad.clamp(min=0)  # (R_out > 0) * R_out
         if ctx.rule == "deconvnet":
-            return positive, None, None, None
+            return grad.clamp(min=0), None, None, None  # (R_out > 0) * R_out
         (out,) = ctx.saved_tensors
         if ctx.upper is None:  # pass where x > 0
-            return torch.ops.aten.threshold_backward(positive, out, 0), None, None, None
-        # pass where 0 < x < upper (hardtanh_backward is exactly that mask, strict at both ends)
-        return torch.ops.aten.hardtanh_backward(positive, out, 0.0, ctx.upper), None, None, None
+            masked = torch.ops.aten.threshold_backward(grad, out, 0)
+        else:  # pass where 0 < x < upper (hardtanh_backward is exactly that mask, strict at both ends)
+            masked = torch.ops.aten.hardtanh_backward(grad, out, 0.0, ctx.upper)
+        # mask * max(R_out, 0): the mask is 0/1, so clamping after masking is the same; in place, one buffer less
+        return masked.clamp_(min=0), None, None, None
 
 
 def _relu_call(
