@@ -183,36 +183,37 @@ def _print_detection_summary(result: AuditResult) -> None:
     if o["mean_energy_in_box"] is not None:
         out.print(f"detected objects: mean IoU {_fmt(o['mean_iou'])}, energy on object {_fmt(o['mean_energy_in_box'])} "
                   f"(box area {_fmt(o['mean_area_share'])}), in the surroundings {_fmt(o['mean_energy_around_box'])}")
-    for column, block in s["groups"].items():
-        gap = block["gap"].get("recall")
-        if gap:
-            out.print(f"groups by {column}: recall gap {_fmt(gap['gap'])} ({gap['highest']} over {gap['lowest']})")
-    out.print(f"dashboard: {result.out / 'dashboard.html'}")
+    _print_gaps(result, "recall")
 
 
 def _print_summary(result: AuditResult) -> None:
     s = result.summary
-    fmt = _fmt
     out = console()
     o, loc, f, t, san = (s[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
-    out.print(f"audited {o['n']} images: accuracy {fmt(o['accuracy'], True)}, mean true-class prob "
-              f"{fmt(o['mean_true_prob'])}")
+    out.print(f"audited {o['n']} images: accuracy {_fmt(o['accuracy'], True)}, mean true-class prob "
+              f"{_fmt(o['mean_true_prob'])}")
     if loc["images_with_box"]:
-        out.print(f"boxes: energy in box {fmt(loc['mean_energy_in_box'])} (area {fmt(loc['mean_box_area'])}), "
-                  f"pointing {fmt(loc['pointing_accuracy'], True)}, right for the wrong reason "
+        out.print(f"boxes: energy in box {_fmt(loc['mean_energy_in_box'])} (area {_fmt(loc['mean_box_area'])}), "
+                  f"pointing {_fmt(loc['pointing_accuracy'], True)}, right for the wrong reason "
                   f"{loc['right_for_wrong_reason']}")
     if f["images"]:
-        out.print(f"deletion AUC {fmt(f['mean_deletion_auc'])} vs random {fmt(f['mean_deletion_auc_random'])} "
-                  f"(below random on {fmt(f['share_deletion_below_random'], True)}); insertion "
-                  f"{fmt(f['mean_insertion_auc'])} vs {fmt(f['mean_insertion_auc_random'])}")
+        out.print(f"deletion AUC {_fmt(f['mean_deletion_auc'])} vs random {_fmt(f['mean_deletion_auc_random'])} "
+                  f"(below random on {_fmt(f['share_deletion_below_random'], True)}); insertion "
+                  f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}")
     if san["images"]:
-        out.print(f"sanity: median rank correlation {fmt(san['median_rank_correlation'])} over {san['images']} images "
-                  f"(Grad-CAM reference {fmt(san['gradcam_median_rank_correlation'])})")
+        out.print(f"sanity: median rank correlation {_fmt(san['median_rank_correlation'])} over {san['images']} images "
+                  f"(Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
     if t["images"]:
-        out.print(f"translation ±{t['shift']} px: top-1 kept {fmt(t['top1_kept'], True)}, peak moves "
-                  f"{fmt(t['mean_peak_move'])} px")
-    for column, block in s["groups"].items():
-        gap = block["gap"].get("accuracy")
+        out.print(f"translation ±{t['shift']} px: top-1 kept {_fmt(t['top1_kept'], True)}, peak moves "
+                  f"{_fmt(t['mean_peak_move'])} px")
+    _print_gaps(result, "accuracy")
+
+
+def _print_gaps(result: AuditResult, metric: str) -> None:
+    """The gap in ``metric`` between the best and the worst group of every grouping, then where the dashboard is."""
+    out = console()
+    for column, block in result.summary["groups"].items():
+        gap = block["gap"].get(metric)
         if gap:
-            out.print(f"groups by {column}: accuracy gap {fmt(gap['gap'])} ({gap['highest']} over {gap['lowest']})")
+            out.print(f"groups by {column}: {metric} gap {_fmt(gap['gap'])} ({gap['highest']} over {gap['lowest']})")
     out.print(f"dashboard: {result.out / 'dashboard.html'}")

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explain.device import model_device
 from explain.errors import LayerError, UsageError, suggest
 from explain.hooks import LayerTap, eval_mode
 from explain.modules import resolve_layer
@@ -220,7 +221,7 @@ class BaseCAM(abc.ABC):
             if not isinstance(target, ClassTarget | TopK | NeuronTarget):
                 raise UsageError(f"unsupported target {target!r}: use ClassTarget, TopK or NeuronTarget")
         neuron_layers = [t.layer for t in targets if isinstance(t, NeuronTarget)]
-        device = _model_device(self.model)
+        device = model_device(self.model)
 
         with torch.inference_mode(False), eval_mode(self.model):
             x = inputs.to(device) if device is not None else inputs
@@ -309,14 +310,6 @@ class BaseCAM(abc.ABC):
                 f"branch); explain a neuron at a layer that comes before {neuron.layer!r}"
             )
         return LayerError(f"the model's output does not depend on layer {layer!r}; choose a layer on the path to it")
-
-
-def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
 
 
 class GradCAM(BaseCAM):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from explain.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -34,3 +38,12 @@ def resolve_device(name: str = "auto") -> Any:
     if base == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeviceError("--device mps was asked for but Apple MPS is not available here; use --device cpu or auto")
     return torch.device(key)
+
+
+def model_device(model: nn.Module, default: Any = None) -> torch.device | Any:
+    """The device of the model's first parameter (or buffer); ``default`` for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return default

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explain.device import model_device
 from explain.errors import LayerError, UsageError
 from explain.manifest import Manifest, write_figure, write_npy
 from explain.run import layer_slug
@@ -208,7 +209,7 @@ def resolve_activation_options(backbone: Backbone, opts: ActivationOptions, devi
         parse_channels(opts.channels, None, "--channels")  # the syntax now, the range after the probe
     units = [parse_unit(spec) for spec in dict.fromkeys(opts.units)]
     if device is None:
-        device = next((p.device for p in backbone.model.parameters()), "cpu")
+        device = model_device(backbone.model, "cpu")
     if opts.layer is not None:
         resolve_layer(backbone.model, opts.layer)
     for unit in units:

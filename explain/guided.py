@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from explain.device import model_device
 from explain.errors import UsageError
 from explain.hooks import LayerTap, channels_last_layout, eval_mode, prefers_channels_last
 from explain.modules import resolve_layer
@@ -430,15 +431,6 @@ def neuron_layers(model: nn.Module, targets: Sequence[Target]) -> list[str]:
     for layer in layers:
         resolve_layer(model, layer)
     return list(dict.fromkeys(layers))
-
-
-def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer (``None`` for a model without either)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
 
 
 def prepare_input(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

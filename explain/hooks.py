@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from explain.device import model_device
 from explain.errors import LayerError
 from explain.modules import resolve_layer
 
@@ -80,8 +81,7 @@ def prefers_channels_last(model: nn.Module) -> bool:
     """
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return False
-    param = next(model.parameters(), None)
-    return param is None or param.device.type == "cpu"
+    return model_device(model, torch.device("cpu")).type == "cpu"
 
 
 def spatial_layer_error(name: str, output: Any) -> LayerError:

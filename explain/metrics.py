@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explain.cam import compute_cams
+from explain.device import model_device
 from explain.errors import UsageError
 from explain.hooks import eval_mode
 from explain.modules import resolve_layer
@@ -241,14 +242,6 @@ class Curves:
     auc: torch.Tensor
 
 
-def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return fallback
-
-
 def gaussian_blur(inputs: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, C, H, W)`` images, each channel on its own, reflect-padded.
 
@@ -316,7 +309,7 @@ def _causal_curves(
     numerators = 2 * torch.arange(steps + 1, device=start.device) * pixels + steps
     counts = torch.div(numerators, 2 * steps, rounding_mode="floor")
     classes = classes.to(start.device)
-    device = _model_device(model, start.device)
+    device = model_device(model, start.device)
     scores = torch.empty(n * (steps + 1), dtype=torch.float32, device=start.device)
     with eval_mode(model), torch.no_grad():
         for begin in range(0, n * (steps + 1), batch_size):
@@ -509,7 +502,7 @@ def _recalibrate_norms(model: nn.Module, norms: list[nn.modules.batchnorm._Batch
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average: after one pass, exactly the statistics of this data
                 m.train()
-            model(data.to(_model_device(model, data.device)))
+            model(data.to(model_device(model, data.device)))
         finally:
             for m, momentum in saved:
                 m.momentum = momentum
@@ -566,7 +559,7 @@ def randomized_model(
     clone = copy.deepcopy(model)
     clone_modules = list(clone.modules())
     targets = [clone_modules[positions[id(m)]] for m in chosen]
-    device = _model_device(clone, torch.device("cpu"))
+    device = model_device(clone, torch.device("cpu"))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
@@ -719,7 +712,7 @@ def translation_test(
     shifts = [(0, shift), (0, -shift), (shift, 0), (-shift, 0)]
     n = inputs.shape[0]
     with eval_mode(model), torch.no_grad():
-        top1 = model(inputs.to(_model_device(model, inputs.device))).argmax(1).cpu()
+        top1 = model(inputs.to(model_device(model, inputs.device))).argmax(1).cpu()
     batch = torch.cat([inputs, *(shift_images(inputs, dy, dx) for dy, dx in shifts)])  # original first, then shifts
     _, maps, logits = cams_for_classes(model, batch, layer, top1.repeat(len(shifts) + 1), method)
     probs = torch.softmax(logits, dim=1).view(len(shifts) + 1, n, -1)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explain.device import model_device
 from explain.errors import ExplainError, UsageError
 
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ class Reporter:
     def _receptive_field(self) -> LayerInfo | None:
         from explain.layers import receptive_field
 
-        device = next((p.device for p in self.backbone.model.parameters()), "cpu")
+        device = model_device(self.backbone.model, "cpu")
         try:
             row = receptive_field(self.backbone.model, self.layer, self.backbone.input_size, device=device)
         except ExplainError as exc:
@@ -380,7 +381,7 @@ class Reporter:
 
         model = self.backbone.model
         layers = [self.layer] + ([self.index.layer] if self.index is not None else [])
-        device = next((p.device for p in model.parameters()), inputs.device)
+        device = model_device(model, inputs.device)
         with eval_mode(model), LayerTap(model, layers, spatial=[self.layer]) as tap, torch.no_grad():
             model(inputs.to(device))
         tap.require_all()

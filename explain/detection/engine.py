@@ -355,7 +355,7 @@ def _check_method(method: str) -> str:
 
 
 def _to_model(model: nn.Module, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    from explain.guided import model_device
+    from explain.device import model_device
 
     device = model_device(model)
     return [(t.detach().to(device) if device is not None else t.detach()).clone() for t in tensors]

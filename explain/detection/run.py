@@ -197,16 +197,22 @@ def _method_slug(method: str) -> str:
     return method.replace("++", "pp")
 
 
-def _write_layer_maps(out: Path, base: str, maps_layer: dict[str, np.ndarray]) -> str | dict[str, str] | None:
-    if not maps_layer:
-        return None
-    if len(maps_layer) == 1:
-        write_npy(out / f"{base}_layer.npy", next(iter(maps_layer.values())))
-        return f"{base}_layer.npy"
-    paths = {layer: f"{base}_layer_{layer_slug(layer)}.npy" for layer in maps_layer}
-    for layer, path in paths.items():
-        write_npy(out / path, maps_layer[layer])
-    return paths
+def _write_arrays(out: Path, base: str, fmt: str, m: DetectionMap | SegmentationMap) -> dict[str, Any]:
+    """Write what every explained detection or mask has (the map, the layer maps, a guided gradient) and return
+    the item's ``outputs``, with the names of the overlay and the panel that the caller draws."""
+    outputs: dict[str, Any] = {"map": f"{base}.npy", "overlay": f"{base}.png", "figure": f"{base}_panel.{fmt}"}
+    write_npy(out / outputs["map"], m.map)
+    if len(m.maps_layer) == 1:
+        outputs["map_layer"] = f"{base}_layer.npy"
+        write_npy(out / outputs["map_layer"], next(iter(m.maps_layer.values())))
+    elif m.maps_layer:
+        outputs["map_layer"] = {layer: f"{base}_layer_{layer_slug(layer)}.npy" for layer in m.maps_layer}
+        for layer, path in outputs["map_layer"].items():
+            write_npy(out / path, m.maps_layer[layer])
+    if m.gradient is not None:
+        outputs["gradient"] = f"{base}_gradient.npy"
+        write_npy(out / outputs["gradient"], m.gradient)
+    return outputs
 
 
 def _image_record(loaded: LoadedImage, geometry: Any) -> dict[str, Any]:
@@ -294,17 +300,9 @@ def _write_detection(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m
     d = m.detection
     suffix = "" if m.component == "score" else f"_{m.component}"
     base = f"{stem}/{_method_slug(method)}_rank{d.rank + 1}_{d.label}{suffix}"
-    outputs: dict[str, Any] = {"map": f"{base}.npy", "overlay": f"{base}.png", "figure": f"{base}_panel.{opts.fmt}"}
-    write_npy(out / outputs["map"], m.map)
-    layer_paths = _write_layer_maps(out, base, m.maps_layer)
-    if layer_paths is not None:
-        outputs["map_layer"] = layer_paths
-    if m.gradient is not None:
-        outputs["gradient"] = f"{base}_gradient.npy"
-        write_npy(out / outputs["gradient"], m.gradient)
-        shown = guided_image(m.gradient)
-    else:
-        shown = blend(loaded.image, m.map, opts.colormap, opts.alpha)
+    outputs = _write_arrays(out, base, opts.fmt, m)
+    shown = guided_image(m.gradient) if m.gradient is not None else blend(loaded.image, m.map, opts.colormap,
+                                                                           opts.alpha)
     write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), d)))
     name = backbone.class_names[d.label]
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else " (dY/dphoto)")
@@ -441,16 +439,9 @@ def _write_mask(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m: Seg
 
     name = backbone.class_names[m.target]
     base = f"{stem}/{_method_slug(method)}_{m.target}{'_mask' if m.region == 'mask' else ''}"
-    outputs: dict[str, Any] = {"map": f"{base}.npy", "overlay": f"{base}.png", "figure": f"{base}_panel.{opts.fmt}",
-                               "mask": f"{base}_region.npy"}
-    write_npy(out / outputs["map"], m.map)
+    outputs = _write_arrays(out, base, opts.fmt, m)
+    outputs["mask"] = f"{base}_region.npy"
     write_npy(out / outputs["mask"], m.mask.astype(np.uint8))
-    layer_paths = _write_layer_maps(out, base, m.maps_layer)
-    if layer_paths is not None:
-        outputs["map_layer"] = layer_paths
-    if m.gradient is not None:
-        outputs["gradient"] = f"{base}_gradient.npy"
-        write_npy(out / outputs["gradient"], m.gradient)
     full = np.nan_to_num(map_to_image(m.map, loaded.image.size, geometry.crop_box))
     region = map_to_image(m.mask.astype(np.float32), loaded.image.size, geometry.crop_box) > 0.5
     write_bytes(out / outputs["overlay"], _png(to_pil(blend(loaded.image, full, opts.colormap, opts.alpha))))
