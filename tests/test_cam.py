@@ -25,14 +25,7 @@ from explain.targets import ClassTarget, NeuronTarget, TopK
 METHODS = ["gradcam", "gradcam++"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models and inputs are tiny: one thread is several times faster than a team of threads that wait
-    for each other (and far more so when other processes share the CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------------

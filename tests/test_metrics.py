@@ -41,12 +41,7 @@ from explain.metrics import (
 from explain.targets import ClassTarget
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sigmoid(v: float) -> float:

@@ -18,12 +18,7 @@ from explain.targets import ClassTarget
 HOSTILE = ["<b>bold</b>", "a$b$c & <i>", "<script>alert(1)</script>", "plain"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):

@@ -12,13 +12,7 @@ from explain.saliency import noise_sigmas, saliency, smoothgrad_noise
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CI machine OpenMP threads spin against other jobs (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Net(nn.Module):
