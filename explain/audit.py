@@ -191,12 +191,6 @@ class Journal:
 # Configuration
 
 
-def _sha256_file(path: Path | None) -> str | None:
-    if path is None:
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _listing_sha256(inputs: AuditInputs) -> str:
     """A hash of what is audited: every path with its size and accepted classes."""
     digest = hashlib.sha256()
@@ -229,8 +223,10 @@ def base_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, batch_
 
 
 def file_sha256(path: Path | None) -> str | None:
-    """SHA-256 of a file's bytes (``None`` for no file)."""
-    return _sha256_file(path)
+    """SHA-256 of a ground-truth file's bytes (``None`` for no file)."""
+    from explain.images import file_sha256 as sha256
+
+    return None if path is None else sha256(path)
 
 
 def run_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, opts: AuditOptions,
@@ -238,8 +234,8 @@ def run_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, opts: A
     """The configuration a journal must match to be resumed."""
     return {
         **base_config(task, backbone, inputs, batch_size),
-        "labels_sha256": _sha256_file(opts.labels),
-        "boxes_sha256": _sha256_file(opts.boxes),
+        "labels_sha256": file_sha256(opts.labels),
+        "boxes_sha256": file_sha256(opts.boxes),
     }
 
 

@@ -15,7 +15,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["CSP", "Markup", "esc", "figure_data_uri", "img", "join", "page", "png_data_uri", "table"]
+__all__ = ["CSP", "Markup", "canvas_png_uri", "esc", "figure_data_uri", "img", "join", "page", "png_data_uri", "table"]
 
 CSP = "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 """The pages' Content-Security-Policy: no scripts, no fetches, images only embedded or next to the page."""
@@ -128,6 +128,24 @@ def figure_data_uri(figure: Any, fmt: str = "png", dpi: int = 110) -> str:
         plt.close(figure)
     mime = "image/svg+xml" if fmt == "svg" else "image/png"
     return _data_uri(buffer.getvalue(), mime)
+
+
+def canvas_png_uri(figure: Any) -> str:
+    """Render a figure once, at its own size and dpi, into a quickly compressed PNG ``data:`` URI.
+
+    For figures whose layout is already tight (``layout="constrained"``): about twice as fast as
+    :func:`figure_data_uri` (``savefig(bbox_inches="tight")`` draws twice, and zlib level 6 is slower than level 1);
+    the PNG is some 10 % larger.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buffer, format="PNG", compress_level=1)
+    return _data_uri(buffer.getvalue(), "image/png")
 
 
 def img(src: str, alt: object, *, width: int | None = None, cls: str | None = None) -> Markup:
