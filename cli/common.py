@@ -306,7 +306,7 @@ def run_image_command(
         prepare(backbone)
     with progress_bar(len(files), label, run.quiet) as advance:
         settings = RunSettings(batch_size=run.batch_size, device=device, workers=run.workers,
-                               argv=["cnn-explain", *sys.argv[1:]], on_batch=advance)
+                               argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)
         manifest = execute(backbone, files, settings)
     manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
     for warning in manifest.warnings:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    ImagesArg, ModelOptions, RunArgs, collect_images, console, handle_errors, model_command, run_image_command,
+    ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ def report(
         from explain.gallery import load_index
 
         index = load_index(index_dir)
-    _, find_errors = collect_images(images)  # shown on the index page; run_image_command lists them in the manifest
     prepared: dict[str, Reporter] = {}
 
     def prepare(backbone: Backbone) -> None:
@@ -61,8 +60,7 @@ def report(
 
     run_image_command(
         images, model_options, run, "report",
-        execute=lambda backbone, files, settings: run_report(prepared["reporter"], files, run.out, settings,
-                                                             find_errors),
+        execute=lambda backbone, files, settings: run_report(prepared["reporter"], files, run.out, settings),
         prepare=prepare, summarize=lambda manifest: _summary(manifest, run.out),
     )
 

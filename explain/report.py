@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
     from explain.backbones.base import Backbone
     from explain.cam import CamMap
-    from explain.errors import InputError
     from explain.gallery import FeatureIndex
     from explain.images import ImageFile
     from explain.layers import LayerInfo
@@ -468,7 +467,6 @@ def run_report(
     files: Sequence[ImageFile],
     out_dir: str | Path,
     settings: RunSettings | None = None,
-    input_errors: Sequence[InputError] = (),
 ) -> Manifest:
     """Write a report for every image of ``files`` into ``out_dir``, batch by batch.
 
@@ -480,9 +478,9 @@ def run_report(
         reporter: the model, options and index.
         files: the images.
         out_dir: output folder.
-        settings: batch size, device, progress callback.
-        input_errors: inputs that failed before decoding (missing paths), shown on the index page only (the
-            caller adds them to the manifest, as every command does).
+        settings: batch size, device, progress callback, and the inputs that failed before decoding (missing
+            paths; ``settings.input_errors``), shown on the index page only (the caller adds them to the manifest,
+            as every command does).
     """
     from explain.guided_run import image_seed
     from explain.manifest import Manifest, atomic_write, write_text
@@ -543,7 +541,7 @@ def run_report(
                 (out / "report.pdf").unlink(missing_ok=True)
     else:
         for_each_batch(backbone, files, manifest, settings, html_batch)
-        errors = [(e.path, e.reason) for e in input_errors] + [(e["input"], e["error"]) for e in manifest.errors]
+        errors = [(e.path, e.reason) for e in settings.input_errors] + [(e["input"], e["error"]) for e in manifest.errors]
         write_text(out / "index.html", index_html(entries, errors, backbone.name))
         manifest.extra["outputs"] = {"index": "index.html"}
     for warning in reporter.warnings:

@@ -26,6 +26,8 @@ class RunSettings:
         workers: DataLoader worker processes decoding images in parallel with the model.
         argv: the command line, recorded in the manifest.
         on_batch: called with the number of inputs each finished batch accounted for (progress bars).
+        input_errors: inputs that failed before any decoding (e.g. missing paths), for engines that show them in
+            their own outputs (the report's index page); the CLI adds them to every manifest.
     """
 
     batch_size: int = 8
@@ -33,6 +35,7 @@ class RunSettings:
     workers: int = 0
     argv: Sequence[str] = ()
     on_batch: Callable[[int], None] | None = None
+    input_errors: Sequence[Any] = ()
 
 
 def output_stems(displays: Sequence[str]) -> list[str]:
