@@ -25,8 +25,8 @@ from explain.backbones.torchvision_models import TORCHVISION_CLASSIFIERS
 from explain.errors import ModelError, suggest
 
 __all__ = [
-    "Backbone", "BackboneSpec", "Geometry", "Preprocess", "get_spec", "list_backbones", "load_backbone",
-    "read_class_names", "register",
+    "Backbone", "BackboneSpec", "Geometry", "Preprocess", "get_spec", "is_weights_file", "list_backbones",
+    "load_backbone", "read_class_names", "register", "torchvision_available",
 ]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -163,7 +163,8 @@ def _class_names_for(request: LoadRequest, count: int, default: Callable[[], lis
     return [f"class_{i}" for i in range(count)]
 
 
-def _is_file_weights(weights: str | None) -> bool:
+def is_weights_file(weights: str | None) -> bool:
+    """Whether a ``--weights`` value names a checkpoint file rather than a weights name (``DEFAULT``, ``none``...)."""
     return weights is not None and (Path(weights).exists() or any(c in weights for c in "/\\")
                                     or Path(weights).suffix.lower() in {".pt", ".pth", ".ckpt", ".bin", ".tar"})
 
@@ -239,7 +240,7 @@ def _load_lite(spec: BackboneSpec, request: LoadRequest) -> Backbone:
         label, digest = Path(path).stem, sha256_file(path)
     elif weights.lower() == "none":
         model, label, digest = build(request.num_classes or 1000), "none", None
-    elif _is_file_weights(weights):
+    elif is_weights_file(weights):
         model, label, digest = _from_file(spec, request, build)
     else:
         raise ModelError(f"unknown weights {weights!r} for {spec.name}: use its packaged weights (default), none, or a file")
@@ -264,7 +265,8 @@ for _lite, _size in (("efficientnet_lite0", 224), ("efficientnet_lite1", 240), (
 
 # --- torchvision classifiers ------------------------------------------------------------------------------
 
-def _tv_available(name: str) -> Callable[[], tuple[bool, str]]:
+def torchvision_available(name: str) -> Callable[[], tuple[bool, str]]:
+    """The offline-availability probe of a torchvision architecture's DEFAULT weights (read from the hub cache)."""
     def available() -> tuple[bool, str]:
         from explain.backbones.torchvision_models import cached_weights_path, weights_enum
 
@@ -284,7 +286,7 @@ def _load_torchvision(spec: BackboneSpec, request: LoadRequest) -> Backbone:
     if weights.lower() == "none":
         model = tv.build_untrained(arch, request.num_classes or 1000)
         label, digest, entry = "none", None, tv.weights_enum(arch, "DEFAULT")
-    elif _is_file_weights(weights):
+    elif is_weights_file(weights):
         aux = False
 
         def build(num_classes: int) -> Any:
@@ -315,7 +317,7 @@ def _load_torchvision(spec: BackboneSpec, request: LoadRequest) -> Backbone:
 for _arch in TORCHVISION_CLASSIFIERS:
     register(BackboneSpec(
         name=_arch, family="torchvision", description=f"torchvision {_arch}",
-        default_weights="DEFAULT", loader=_load_torchvision, available=_tv_available(_arch),
+        default_weights="DEFAULT", loader=_load_torchvision, available=torchvision_available(_arch),
     ))
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explain.backbones import BackboneSpec, register
+from explain.backbones import BackboneSpec, is_weights_file, register, torchvision_available
 from explain.backbones.base import Backbone, Geometry
 from explain.errors import ModelError
 
@@ -276,12 +276,6 @@ def _output_count(model: Any, arch: str) -> int:
     return int(model.head.classification_head.num_classes)
 
 
-def _is_file(weights: str) -> bool:
-    from explain.backbones import _is_file_weights
-
-    return _is_file_weights(weights)
-
-
 def _default_layer(model: Any, arch: str) -> str:
     """The last stage of the feature extractor: every head output depends on it (see the module docstring)."""
     if arch in SEGMENTERS:
@@ -310,7 +304,7 @@ def _load(spec: BackboneSpec, request: LoadRequest) -> Backbone:
         if request.class_names is not None and arch in DETECTORS and request.num_classes == len(request.class_names):
             count = len(request.class_names) + (request.class_names[0] != BACKGROUND)
         model, label, digest = _build(arch, count), "none", None
-    elif _is_file(weights):
+    elif is_weights_file(weights):
         model, label, digest = _checkpoint_model(arch, request)
     else:
         entry = weights_enum(arch, weights)
@@ -332,21 +326,9 @@ def _load(spec: BackboneSpec, request: LoadRequest) -> Backbone:
                     feature_layer=layer, weights=label, weights_sha256=digest, extra={"task": task})
 
 
-def _available(arch: str) -> Callable[[], tuple[bool, str]]:
-    def available() -> tuple[bool, str]:
-        from explain.backbones.torchvision_models import cached_weights_path, weights_enum
-
-        path = cached_weights_path(weights_enum(arch, "DEFAULT"))
-        if path.is_file():
-            return True, f"DEFAULT cached ({path.name})"
-        return False, f"DEFAULT not cached (needs {path.name}); --weights none works"
-
-    return available
-
-
 for _arch in DETECTORS:
     register(BackboneSpec(name=_arch, family="detection", description=f"torchvision detector {_arch}",
-                          default_weights="DEFAULT", loader=_load, available=_available(_arch)))
+                          default_weights="DEFAULT", loader=_load, available=torchvision_available(_arch)))
 for _arch in SEGMENTERS:
     register(BackboneSpec(name=_arch, family="segmentation", description=f"torchvision segmenter {_arch}",
-                          default_weights="DEFAULT", loader=_load, available=_available(_arch)))
+                          default_weights="DEFAULT", loader=_load, available=torchvision_available(_arch)))
