@@ -112,7 +112,15 @@ def fit_state_dict(
             f"for (--num-classes/--classes); use --num-classes {found}"
         )
     count = num_classes or found or 1000
-    model = reference_model if count == 1000 else build(count)
+    return load_exactly(reference_model if count == 1000 else build(count), state, arch, path)
+
+
+def load_exactly(model: Any, state: dict[str, Any], arch: str, path: Path) -> Any:
+    """Load ``state`` into ``model``; any missing or unexpected key or shape mismatch is one clear error.
+
+    Raises:
+        ModelError: naming how many keys are missing, unexpected or mismatched, with examples.
+    """
     result = model.load_state_dict(state, strict=False)
     mismatched = [k for k, v in state.items() if k in model.state_dict() and v.shape != model.state_dict()[k].shape]
     if result.missing_keys or result.unexpected_keys or mismatched:
@@ -120,7 +128,8 @@ def fit_state_dict(
         if result.missing_keys:
             parts.append(f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])})")
         if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})")
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys "
+                         f"(e.g. {', '.join(result.unexpected_keys[:3])})")
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
         raise ModelError(f"{str(path)!r} does not fit architecture {arch!r}: {'; '.join(parts)}; is --model right?")

@@ -213,7 +213,7 @@ def _checkpoint_model(arch: str, request: LoadRequest) -> tuple[Any, str, str]:
     import torch
 
     from explain.backbones import sha256_file
-    from explain.backbones.checkpoint import extract_state_dict, read_checkpoint
+    from explain.backbones.checkpoint import extract_state_dict, load_exactly, read_checkpoint
 
     path = Path(str(request.weights)).expanduser()
     obj = read_checkpoint(path, trust=request.trust_checkpoint)
@@ -235,18 +235,7 @@ def _checkpoint_model(arch: str, request: LoadRequest) -> tuple[Any, str, str]:
     if request.num_classes is not None and request.num_classes not in (found, found - 1):
         raise ModelError(f"{str(path)!r} has {found} classes but {request.num_classes} were asked for "
                          "(--classes/--num-classes)")
-    model = _build(arch, found, aux)
-    result = model.load_state_dict(state, strict=False)
-    mismatched = [k for k, v in state.items() if k in reference and v.shape != model.state_dict()[k].shape]
-    if result.missing_keys or result.unexpected_keys or mismatched:
-        parts = [f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])})"
-                 if result.missing_keys else "",
-                 f"{len(result.unexpected_keys)} unexpected keys (e.g. {', '.join(result.unexpected_keys[:3])})"
-                 if result.unexpected_keys else "",
-                 f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})" if mismatched else ""]
-        raise ModelError(f"{str(path)!r} does not fit architecture {arch!r}: "
-                         f"{'; '.join(p for p in parts if p)}; is --model right?")
-    return model, str(path), sha256_file(path)
+    return load_exactly(_build(arch, found, aux), state, arch, path), str(path), sha256_file(path)
 
 
 def _class_names(arch: str, request: LoadRequest, count: int, defaults: Callable[[], list[str]]) -> list[str]:
