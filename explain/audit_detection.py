@@ -57,6 +57,7 @@ import numpy as np
 from explain.audit_inputs import NO_GROUP, AuditInputs, Box, BoxFile, boxes_to_input
 from explain.audit_summary import _mean, _share, _values
 from explain.audit_task import AuditTask, rounded
+from explain.detection.targets import box_coverage, iou_matrix
 from explain.errors import InputError, TargetError, UsageError
 
 if TYPE_CHECKING:
@@ -195,31 +196,6 @@ def resolve_ground_truth(boxes: BoxFile, class_names: Sequence[str]) -> tuple[di
 # Matching
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of two sets of ``(x0, y0, x1, y1)`` boxes (0 for disjoint or empty boxes)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def _coverage(dets: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """``(D, R)``: the share of each detection's area inside each region (COCO's crowd overlap)."""
-    dets = np.asarray(dets, dtype=np.float64).reshape(-1, 4)
-    regions = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(dets[:, None, 2], regions[None, :, 2]) - np.maximum(dets[:, None, 0], regions[None, :, 0]),
-                 0, None)
-    ih = np.clip(np.minimum(dets[:, None, 3], regions[None, :, 3]) - np.maximum(dets[:, None, 1], regions[None, :, 1]),
-                 0, None)
-    area = (dets[:, 2] - dets[:, 0]) * (dets[:, 3] - dets[:, 1])
-    return np.where(area[:, None] > 0, iw * ih / np.where(area[:, None] > 0, area[:, None], 1.0), 0.0)
-
-
 @dataclass
 class Matching:
     """The outcome of matching one image's detections with its objects.
@@ -284,7 +260,7 @@ def _on_crowds(unmatched: Sequence[int], detections: Sequence[tuple[Box, int, fl
                crowds: Sequence[tuple[Box, int | None]], iou: float) -> set[int]:
     if not crowds or not unmatched:
         return set()
-    cover = _coverage([detections[j][0] for j in unmatched], [c[0] for c in crowds])
+    cover = box_coverage([detections[j][0] for j in unmatched], [c[0] for c in crowds])
     return {j for row, j in enumerate(unmatched)
             if any(cover[row, c] >= iou and crowds[c][1] in (None, detections[j][1]) for c in range(len(crowds)))}
 

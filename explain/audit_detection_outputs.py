@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_detection import IMAGE_COLUMNS, OBJECT_COLUMNS, detection_summary, join_groups
-from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, csv_text
+from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, csv_text, error_records
 from explain.manifest import Manifest, safe_stem, write_bytes, write_text
 
 if TYPE_CHECKING:
@@ -117,13 +117,6 @@ def _manifest_item(record: dict[str, Any], image: dict[str, Any], inputs: AuditI
     }
 
 
-def _errors(inputs: AuditInputs, journal: Journal) -> list[dict[str, str]]:
-    display = lambda key: (inputs.root / key).as_posix()  # noqa: E731
-    errors = [{"input": display(e.path), "error": e.reason} for e in inputs.errors]
-    errors += [{"input": display(e["input"]), "error": e["error"]} for e in journal.errors()]
-    return sorted(errors, key=lambda e: (e["input"], e["error"]))
-
-
 def _outside_warnings(objects: Sequence[dict[str, Any]]) -> list[str]:
     return [f"{r['path']} object {r['object_id']}: {note}" for r in objects if r.get("box_status") == "outside"
             for note in r.get("notes", [])]
@@ -144,7 +137,7 @@ def write_detection_outputs(backbone: Backbone, task: DetectionTask, inputs: Aud
     write_text(out / DETECTION_OUTPUTS["objects_csv"], csv_text(objects, [*OBJECT_COLUMNS, *group_fields]))
     write_text(out / DETECTION_OUTPUTS["objects_jsonl"], _jsonl_text(objects))
     write_text(out / DETECTION_OUTPUTS["images_csv"], csv_text(images, [*IMAGE_COLUMNS, *group_fields]))
-    errors = _errors(inputs, journal)
+    errors = error_records(inputs, journal)
     warnings = [*inputs.warnings, *_outside_warnings(objects)]
     opts = task.opts
     summary = {

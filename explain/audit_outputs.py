@@ -138,7 +138,8 @@ def _manifest_item(record: dict[str, Any], inputs: AuditInputs, backbone: Backbo
     return item
 
 
-def _errors(inputs: AuditInputs, journal: Journal) -> list[dict[str, str]]:
+def error_records(inputs: AuditInputs, journal: Journal) -> list[dict[str, str]]:
+    """The manifest's ``errors``: inputs refused while reading the ground truth and images that failed in a run."""
     errors = [{"input": _display(inputs, e.path), "error": e.reason} for e in inputs.errors]
     errors += [{"input": _display(inputs, e["input"]), "error": e["error"]} for e in journal.errors()]
     return sorted(errors, key=lambda e: (e["input"], e["error"]))
@@ -157,7 +158,7 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
     columns = [*task.columns, *group_fields]
     write_text(out / OUTPUTS["images_csv"], csv_text(records, columns))
     write_text(out / OUTPUTS["images_jsonl"], _jsonl_text(records))
-    errors = _errors(inputs, journal)
+    errors = error_records(inputs, journal)
     body = summarize(records, group_fields, steps=opts.steps, shift=opts.shift, worst=opts.worst)
     summary = {
         "command": "audit", "task": task.name, "dataset": inputs.root.as_posix(), "model": backbone.name,

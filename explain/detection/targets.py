@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from explain.errors import TargetError, UsageError
 
-__all__ = ["BOX_COMPONENTS", "Detection", "DetectionRequest", "box_iou", "parse_box", "select_detections"]
+__all__ = ["BOX_COMPONENTS", "Detection", "DetectionRequest", "box_coverage", "box_iou", "iou_matrix", "parse_box",
+           "select_detections"]
 
 #: What can be explained of a detection: its class score, or a coordinate of its box.
 BOX_COMPONENTS = ("score", "x0", "y0", "x1", "y1")
@@ -99,13 +103,34 @@ class DetectionRequest:
         return "detection rank " + ", ".join(str(r + 1) for r in self.ranks)
 
 
+def _overlaps(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(inter (len(a), len(b)), area_a, area_b)`` of two sets of ``(x0, y0, x1, y1)`` boxes, in float64."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    return iw * ih, (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), 0.0)
+
+
+def iou_matrix(a: Any, b: Any) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of two sets of ``(x0, y0, x1, y1)`` boxes (0 for disjoint or empty boxes)."""
+    inter, area_a, area_b = _overlaps(a, b)
+    return _ratio(inter, area_a[:, None] + area_b[None, :] - inter)
+
+
+def box_coverage(dets: Any, regions: Any) -> np.ndarray:
+    """``(D, R)``: the share of each detection's area inside each region (COCO's crowd overlap)."""
+    inter, area, _ = _overlaps(dets, regions)
+    return _ratio(inter, area[:, None])
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 for disjoint or empty boxes)."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    return float(iou_matrix(a, b)[0, 0])
 
 
 def select_detections(detections: Sequence[Detection], request: DetectionRequest) -> tuple[list[Detection], str | None]:
