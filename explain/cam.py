@@ -67,8 +67,8 @@ from explain.device import model_device
 from explain.errors import LayerError, UsageError, suggest
 from explain.hooks import LayerTap, eval_mode
 from explain.modules import resolve_layer
-from explain.scores import Target, expand_targets, rank_scores
-from explain.targets import ClassTarget, NeuronTarget, TopK
+from explain.scores import Target, check_targets, expand_targets, rank_scores
+from explain.targets import ClassTarget, NeuronTarget
 
 __all__ = [
     "CAM_METHODS",
@@ -214,12 +214,7 @@ class BaseCAM(abc.ABC):
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise UsageError(f"inputs must be a (N, C, H, W) tensor, got {shape}")
-        targets = list(targets)
-        if not targets:
-            raise UsageError("no target given: name a class, topK or a neuron")
-        for target in targets:
-            if not isinstance(target, ClassTarget | TopK | NeuronTarget):
-                raise UsageError(f"unsupported target {target!r}: use ClassTarget, TopK or NeuronTarget")
+        targets = check_targets(targets)
         neuron_layers = [t.layer for t in targets if isinstance(t, NeuronTarget)]
         device = model_device(self.model)
 

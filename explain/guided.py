@@ -77,8 +77,8 @@ from explain.device import model_device
 from explain.errors import UsageError
 from explain.hooks import LayerTap, channels_last_layout, eval_mode, prefers_channels_last
 from explain.modules import resolve_layer
-from explain.scores import Rank, Target, expand_targets, rank_scores
-from explain.targets import ClassTarget, NeuronTarget, TopK
+from explain.scores import Rank, Target, check_targets, expand_targets, rank_scores
+from explain.targets import ClassTarget, NeuronTarget
 
 __all__ = [
     "GUIDED_RULES",
@@ -404,12 +404,7 @@ class GradientResult:
 
 def check_request(targets: Sequence[Target], unit: str) -> list[Target]:
     """Validate a target list and a unit mode (shared by the guided and saliency engines)."""
-    targets = list(targets)
-    if not targets:
-        raise UsageError("no target given: name a class, topK or a neuron")
-    for target in targets:
-        if not isinstance(target, ClassTarget | TopK | NeuronTarget):
-            raise UsageError(f"unsupported target {target!r}: use ClassTarget, TopK or NeuronTarget")
+    targets = check_targets(targets)
     if unit not in UNIT_MODES:
         raise UsageError(f"unknown unit mode {unit!r}: choose mean (channel mean) or max (highest unit per image)")
     return targets

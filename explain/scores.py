@@ -14,10 +14,21 @@ from typing import Any
 
 import torch
 
-from explain.errors import TargetError
+from explain.errors import TargetError, UsageError
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
 Target = ClassTarget | TopK | NeuronTarget
+
+
+def check_targets(targets: Sequence[Target]) -> list[Target]:
+    """The targets as a list; an empty list or an object that is not a target is a :class:`UsageError`."""
+    targets = list(targets)
+    if not targets:
+        raise UsageError("no target given: name a class, topK or a neuron")
+    for target in targets:
+        if not isinstance(target, ClassTarget | TopK | NeuronTarget):
+            raise UsageError(f"unsupported target {target!r}: use ClassTarget, TopK or NeuronTarget")
+    return targets
 
 
 @dataclass
