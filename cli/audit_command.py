@@ -63,6 +63,13 @@ def audit(
                                                    "disables it.")] = 8,
     steps: Annotated[int, typer.Option(min=0, help="Classifiers: deletion/insertion steps (each costs 4 forward "
                                                    "passes per image); 0 disables faithfulness, else at least 2.")] = 8,
+    randomisation: Annotated[str, typer.Option(
+        help="Classifiers: how the sanity check randomises the network: 'recalibrated' (each layer's default "
+             "initialisation, BatchNorm statistics re-estimated on the sample) or 'he-identity' (He-normal weights, "
+             "BatchNorm as the identity; no data).")] = "recalibrated",
+    cascade: Annotated[bool, typer.Option(
+        "--cascade/--no-cascade", help="Classifiers: run the sanity check's whole cascade (top layer first, one "
+                                       "randomised network per block) or only the full randomisation.")] = True,
     worst: Annotated[int, typer.Option(min=0, help="Worst examples per list shown with overlays.")] = 8,
     iou: Annotated[float, typer.Option(help="Detectors: the IoU a detection needs to match an object.")] = 0.5,
     score_threshold: Annotated[float, typer.Option(
@@ -90,7 +97,8 @@ def audit(
     opts = None
     if labels is not None:
         opts = AuditOptions(labels=labels, boxes=boxes, groups=groups, layer=layer, sanity=sanity, shift=shift,
-                            steps=steps, seed=model_options.seed, worst=worst, restart=restart)
+                            steps=steps, seed=model_options.seed, randomisation=randomisation.strip().lower(),
+                            cascade=cascade, worst=worst, restart=restart)
         opts.check()
     name = model_options.model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
     backbone, torch_device = dataclasses.replace(model_options, model=name).load()
@@ -109,9 +117,12 @@ def audit(
         _audit_detection(backbone, dataset, detection, out, make_settings, json_, quiet)
         return
     assert opts is not None and labels is not None  # _check_ground_truth: a classifier audit has labels
-    total = len(load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups).files)
-    with progress_bar(total, "audit", quiet) as advance:
-        result = run_audit(backbone, dataset, opts, out, make_settings(advance))
+    from explain.metrics import cascade_length
+
+    inputs = load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups)
+    sanity_steps = cascade_length(backbone.model, cascade) if sanity and inputs.files else 0
+    with progress_bar(len(inputs.files) + sanity_steps, "audit", quiet) as advance:
+        result = run_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
     for warning in result.manifest.warnings:
         stderr_line(f"warning: {warning}")
     if not quiet and not json_:
@@ -151,9 +162,9 @@ def _audit_detection(backbone: Backbone, dataset: Path, opts: DetectionAuditOpti
     from explain.audit_inputs import load_audit_inputs
 
     check_detector(backbone, opts)
-    total = len(load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups).files)
-    with progress_bar(total, "audit", quiet) as advance:
-        result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance))
+    inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups)
+    with progress_bar(len(inputs.files), "audit", quiet) as advance:
+        result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
     for warning in result.manifest.warnings:
         stderr_line(f"warning: {warning}")
     if not quiet and not json_:
@@ -201,8 +212,8 @@ def _print_summary(result: AuditResult) -> None:
                   f"(below random on {_fmt(f['share_deletion_below_random'], True)}); insertion "
                   f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}")
     if san["images"]:
-        out.print(f"sanity: median rank correlation {_fmt(san['median_rank_correlation'])} over {san['images']} images "
-                  f"(Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
+        out.print(f"sanity ({san['randomisation']}): median rank correlation {_fmt(san['median_rank_correlation'])} "
+                  f"over {san['images']} images (Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
     if t["images"]:
         out.print(f"translation ±{t['shift']} px: top-1 kept {_fmt(t['top1_kept'], True)}, peak moves "
                   f"{_fmt(t['mean_peak_move'])} px")

@@ -19,7 +19,9 @@ Resuming: every finished batch is appended to ``audit-journal.jsonl`` as one lin
 after a header line holding the run's configuration (model and weights hash, layer, options, a hash of the dataset
 listing and of the labels/boxes files). Batches are fixed slices of the sorted image list, so a re-run with the same
 ``--out`` and configuration skips every journaled batch and computes the others exactly as an uninterrupted run would;
-a batch cut short by a kill leaves at most a partial last line, which is discarded. A different configuration is a
+a batch cut short by a kill leaves at most a partial last line, which is discarded. After the last batch the task's
+dataset-level step (the classifier's sanity check, which randomises the network once for the whole sanity sample)
+is journaled as one more line. A different configuration is a
 usage error (pick a new ``--out`` or pass ``restart=True``). Groups are joined only when the outputs are written, so
 a new groups file never forces a re-run.
 """
@@ -65,6 +67,8 @@ class AuditOptions:
         shift: translation test shift in model-input pixels; 0 disables it.
         steps: deletion/insertion steps; 0 disables the faithfulness metrics.
         seed: seed of the sanity sample, the random baseline maps and the randomised network.
+        randomisation: how the sanity check randomises the network (:data:`explain.metrics.RANDOMISATIONS`).
+        cascade: run the sanity check's whole cascade (top layer first) rather than only the full randomisation.
         worst: how many worst examples per list the dashboard shows with overlays.
         restart: discard an existing journal in the output folder instead of resuming it.
     """
@@ -77,6 +81,8 @@ class AuditOptions:
     shift: int = 8
     steps: int = 8
     seed: int = 0
+    randomisation: str = "recalibrated"
+    cascade: bool = True
     worst: int = 8
     restart: bool = False
 
@@ -85,6 +91,8 @@ class AuditOptions:
         for name in ("sanity", "shift", "steps", "worst"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must be >= 0 (got {getattr(self, name)})")
+        if self.randomisation not in ("recalibrated", "he-identity"):
+            raise UsageError(f"unknown --randomisation {self.randomisation!r}: choose recalibrated or he-identity")
         if self.steps == 1:
             raise UsageError("--steps 1 only compares the untouched and the fully deleted image, which is the same for "
                              "every map; use at least 2 steps, or 0 to skip deletion and insertion")
@@ -109,7 +117,8 @@ class JournalMismatchError(UsageError):
 
 
 class Journal:
-    """Append-only record of finished batches: a header line with the configuration, then one line per batch.
+    """Append-only record of finished batches: a header line with the configuration, then one line per batch and,
+    once every batch is done, one line with the task's dataset-level results (``final``).
 
     Args:
         path: the journal file.
@@ -125,6 +134,7 @@ class Journal:
         self.path = path
         self.config = config
         self.batches: dict[int, dict[str, Any]] = {}
+        self.final: dict[str, Any] | None = None
         if restart or not path.exists():
             self._start()
         else:
@@ -136,6 +146,7 @@ class Journal:
         # atomic: a kill never leaves a journal without its header
         write_text(self.path, json.dumps(header, sort_keys=True, allow_nan=False) + "\n")
         self.batches = {}
+        self.final = None
 
     def _load(self) -> None:
         raw = self.path.read_bytes()
@@ -155,7 +166,10 @@ class Journal:
                 entry = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 break  # a torn write: this and anything after it is redone
-            self.batches[int(entry["batch"])] = entry
+            if "final" in entry:
+                self.final = entry["final"]
+            else:
+                self.batches[int(entry["batch"])] = entry
             good += len(line) + 1
         if tail or good != len(raw):
             with open(self.path, "r+b") as handle:  # drop the partial line a kill left behind
@@ -168,15 +182,23 @@ class Journal:
         return (f"the output folder {self.path.parent} holds an audit with a different configuration (different "
                 f"{', '.join(keys)}); pick a new --out, use the same options, or pass --restart to start over")
 
-    def append(self, batch: int, records: list[dict[str, Any]], errors: list[dict[str, str]]) -> None:
-        """Journal one finished batch durably (one line, flushed and fsynced)."""
-        entry = {"batch": batch, "records": records, "errors": errors}
+    def _write(self, entry: dict[str, Any]) -> None:
         line = (json.dumps(entry, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
         with open(self.path, "ab") as handle:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+
+    def append(self, batch: int, records: list[dict[str, Any]], errors: list[dict[str, str]]) -> None:
+        """Journal one finished batch durably (one line, flushed and fsynced)."""
+        entry = {"batch": batch, "records": records, "errors": errors}
+        self._write(entry)
         self.batches[batch] = entry
+
+    def append_final(self, final: dict[str, Any]) -> None:
+        """Journal the dataset-level results durably."""
+        self._write({"final": final})
+        self.final = final
 
     def records(self) -> list[dict[str, Any]]:
         """Every journaled record, sorted by path."""
@@ -277,6 +299,27 @@ def _run_batches(task: AuditTask, inputs: AuditInputs, journal: Journal, preproc
             settings.on_batch(batch.size)
 
 
+def _run_final(task: AuditTask, inputs: AuditInputs, journal: Journal, preprocess: Any,
+               settings: RunSettings) -> None:
+    """The task's dataset-level step, once, after every batch (skipped when journaled)."""
+    import torch
+
+    from explain.data import iter_batches
+
+    wanted = set(task.final_keys())
+    if journal.final is not None or not wanted:
+        return
+    key_of = {f.display: k for f, k in zip(inputs.files, inputs.keys, strict=True)}
+    files = [f for f, k in zip(inputs.files, inputs.keys, strict=True) if k in wanted]
+    keys, tensors = [], []
+    for batch in iter_batches(files, preprocess, batch_size=settings.batch_size, workers=settings.workers):
+        keys += [key_of[s.loaded.display] for s in batch.samples]  # unreadable files: already errors of a batch
+        if batch.tensor is not None:
+            tensors.append(batch.tensor)
+    x = torch.cat(tensors) if tensors else None
+    journal.append_final(task.final(x, keys, settings.on_batch))
+
+
 def run_audit(
     backbone: Backbone,
     dataset: str | Path,
@@ -285,6 +328,7 @@ def run_audit(
     settings: RunSettings | None = None,
     *,
     task_factory: Callable[[Backbone, AuditInputs, AuditOptions, Any], AuditTask] | None = None,
+    inputs: AuditInputs | None = None,
 ) -> AuditResult:
     """Audit a classifier over a labelled DATASET folder and write every output into ``out``.
 
@@ -295,6 +339,8 @@ def run_audit(
         out: output folder; also the journal's home (re-running with it resumes).
         settings: batch size, device, workers, progress callback and argv.
         task_factory: builds the per-image task (default: :class:`ClassificationTask`); the seam for other tasks.
+        inputs: the dataset already read by :func:`explain.audit_inputs.load_audit_inputs` with these options
+            (e.g. to size a progress bar first); default: read here.
 
     Returns:
         The :class:`AuditResult`; ``manifest.json`` is already written (last).
@@ -312,7 +358,8 @@ def run_audit(
     out = Path(out)
     layer = opts.layer or backbone.default_layer
     resolve_layer(backbone.model, layer)
-    inputs = load_audit_inputs(dataset, opts.labels, backbone.class_names, opts.boxes, opts.groups)
+    if inputs is None:
+        inputs = load_audit_inputs(dataset, opts.labels, backbone.class_names, opts.boxes, opts.groups)
     factory = task_factory or classification_task
     task = factory(backbone, inputs, dataclasses.replace(opts, layer=layer), settings.device)
     config = run_config(task, backbone, inputs, opts, settings.batch_size)
@@ -322,21 +369,25 @@ def run_audit(
 
 def run_journaled(task: AuditTask, backbone: Backbone, inputs: AuditInputs, config: dict[str, Any], out: Path,
                   settings: RunSettings, restart: bool = False) -> Journal:
-    """Open (or resume) the journal in ``out`` and run ``task`` over every batch it does not hold yet.
+    """Open (or resume) the journal in ``out`` and run ``task`` over every batch it does not hold yet, then its
+    dataset-level step (when not journaled yet).
 
     Raises:
         JournalMismatchError: ``out`` holds the journal of another configuration (and not ``restart``).
     """
     journal = Journal(out / JOURNAL, config, restart)
     backbone.model.to(settings.device)
-    _run_batches(task, inputs, journal, task.input_preprocess(backbone.preprocess), settings)
+    preprocess = task.input_preprocess(backbone.preprocess)
+    _run_batches(task, inputs, journal, preprocess, settings)
+    _run_final(task, inputs, journal, preprocess, settings)
     return journal
 
 
 def classification_task(backbone: Backbone, inputs: AuditInputs, opts: AuditOptions, device: Any) -> AuditTask:
     """The default task factory: a :class:`ClassificationTask` configured from ``opts``."""
     settings = ClassificationSettings(layer=opts.layer or backbone.default_layer, steps=opts.steps, shift=opts.shift,
-                                      sanity=sanity_sample(inputs.keys, opts.sanity, opts.seed), seed=opts.seed)
+                                      sanity=sanity_sample(inputs.keys, opts.sanity, opts.seed), seed=opts.seed,
+                                      randomisation=opts.randomisation, cascade=opts.cascade)
     return ClassificationTask(backbone, inputs, settings, device)
 
 

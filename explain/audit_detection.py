@@ -653,6 +653,7 @@ def run_detection_audit(
     settings: RunSettings | None = None,
     *,
     task_factory: Callable[..., DetectionTask] | None = None,
+    inputs: AuditInputs | None = None,
 ) -> AuditResult:
     """Audit a detector over DATASET against ground-truth boxes and write every output into ``out``.
 
@@ -663,6 +664,8 @@ def run_detection_audit(
         out: output folder; also the journal's home (re-running with it resumes).
         settings: batch size (photos per journal entry), device, workers, progress callback and argv.
         task_factory: builds the task from ``(backbone, truth, opts, device)`` (tests inject failures).
+        inputs: the dataset already read by :func:`explain.audit_inputs.load_audit_inputs` with these options
+            (e.g. to size a progress bar first); default: read here.
 
     Returns:
         The :class:`explain.audit.AuditResult`; ``manifest.json`` is already written (last).
@@ -679,7 +682,8 @@ def run_detection_audit(
     settings = settings or RunSettings()
     layer = check_detector(backbone, opts)
     out = Path(out)
-    inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups)
+    if inputs is None:
+        inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups)
     truth, errors = resolve_ground_truth(inputs.boxes, backbone.class_names)
     audited = set(inputs.keys)
     inputs.errors.extend(e for e in errors if e.path in audited)

@@ -154,16 +154,19 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
 
     layer = task.config().get("layer") or backbone.default_layer
     records = journal.records()
+    task.merge_final(records, journal.final)
     group_fields = _join_groups(records, inputs, list(records[0]) if records else list(task.columns))
     columns = [*task.columns, *group_fields]
     write_text(out / OUTPUTS["images_csv"], csv_text(records, columns))
     write_text(out / OUTPUTS["images_jsonl"], _jsonl_text(records))
     errors = error_records(inputs, journal)
-    body = summarize(records, group_fields, steps=opts.steps, shift=opts.shift, worst=opts.worst)
+    body = summarize(records, group_fields, steps=opts.steps, shift=opts.shift, worst=opts.worst,
+                     sanity=(journal.final or {}).get("sanity"))
     summary = {
         "command": "audit", "task": task.name, "dataset": inputs.root.as_posix(), "model": backbone.name,
         "layer": layer, "method": "gradcam++",
-        "options": {"sanity": opts.sanity, "shift": opts.shift, "steps": opts.steps, "seed": opts.seed},
+        "options": {"sanity": opts.sanity, "randomisation": opts.randomisation, "cascade": opts.cascade,
+                    "shift": opts.shift, "steps": opts.steps, "seed": opts.seed},
         "counts": {"images": len(records), "errors": len(errors)}, **body,
         "errors": errors, "warnings": list(inputs.warnings),
     }

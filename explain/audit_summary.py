@@ -11,6 +11,8 @@ Definitions (stated once, used by the dashboard too):
   object's boxes than a uniform map would (``energy_in_box < box_area``), ranked by ``energy_in_box / box_area``.
 * **deletion below random**: share of images whose CAM deletion AUC is lower (better) than that of their random
   baseline map; **insertion above random** likewise for insertion (higher is better).
+* **sanity cascade**: per step of the cascading randomisation (top layer first; the last step randomises
+  everything), the median and quartiles of the rank correlation between trained and randomised maps.
 * **group gap** of a metric: its largest minus its smallest per-group value (groups where it is defined).
 """
 
@@ -89,19 +91,47 @@ def _faithfulness(records: Sequence[dict[str, Any]], steps: int) -> dict[str, An
     }
 
 
-def _sanity(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _median(values: Sequence[float]) -> float | None:
+    return round(statistics.median(values), 6) if values else None
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if len(values) < 2:
+        return (_median(values), _median(values))
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return round(q[0], 6), round(q[2], 6)
+
+
+def _cascade(final: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per cascade step and method: median and quartiles of rho over the images where it is defined."""
+    if not final:
+        return []
+    rows = []
+    for k, step in enumerate(final["steps"]):
+        row: dict[str, Any] = {"randomised_from": step}
+        for method in final["methods"]:
+            values = [float(v) for v in final["rho"][method][k] if v is not None]
+            q1, q3 = _quartiles(values)
+            row[method] = {"median": _median(values), "q1": q1, "q3": q3, "images": len(values)}
+        rows.append(row)
+    return rows
+
+
+def _sanity(records: Sequence[dict[str, Any]], final: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = [r for r in records if r.get("sanity_rho") is not None]
     values = [float(r["sanity_rho"]) for r in rows]
     reference = _values(rows, "sanity_rho_gradcam")
     return {
         "images": len(rows),
+        "randomisation": final["randomisation"] if final else None,
         "mean_rank_correlation": _mean(values),
-        "median_rank_correlation": round(statistics.median(values), 6) if values else None,
+        "median_rank_correlation": _median(values),
         "mean_abs_rank_correlation": _mean([abs(v) for v in values]),
         "gradcam_mean_rank_correlation": _mean(reference),
-        "gradcam_median_rank_correlation": round(statistics.median(reference), 6) if reference else None,
+        "gradcam_median_rank_correlation": _median(reference),
         "values": [{"path": r["path"], "rho": r["sanity_rho"], "rho_gradcam": r.get("sanity_rho_gradcam")}
                    for r in rows],
+        "cascade": _cascade(final),
     }
 
 
@@ -156,15 +186,16 @@ def worst_examples(records: Sequence[dict[str, Any]], n: int) -> dict[str, list[
 
 
 def summarize(records: Sequence[dict[str, Any]], group_columns: Sequence[str], *, steps: int, shift: int,
-              worst: int) -> dict[str, Any]:
-    """The whole ``summary.json`` body (without run metadata) from the sorted records."""
+              worst: int, sanity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole ``summary.json`` body (without run metadata) from the sorted records (and the sanity cascade,
+    ``final["sanity"]`` of :meth:`explain.audit_task.ClassificationTask.final`, when there is one)."""
     rwr = right_for_wrong_reason(records)
     return {
         "overall": _basic(records),
         "localisation": _localisation(records),
         "faithfulness": _faithfulness(records, steps),
         "translation": _translation(records, shift),
-        "sanity": _sanity(records),
+        "sanity": _sanity(records, sanity),
         "groups": {column: group_summary(records, column) for column in group_columns},
         "right_for_wrong_reason": [
             {k: r.get(k) for k in ("path", "true_name", "pred_name", "prob", "energy_in_box", "box_area")}

@@ -20,9 +20,11 @@ https://arxiv.org/abs/1710.11063, at the model-input resolution, via :mod:`expla
 * translation: shift the input by ``+-k`` px horizontally and vertically and report the mean absolute change of the
   predicted class's probability, the share of shifts keeping the top-1 class and the mean distance between the CAM
   peak and where it should have moved;
-* sanity (Adebayo et al. 2018, https://arxiv.org/abs/1810.03292), on a seeded sample of images only: the Spearman
-  correlation between the maps of the trained and of a fully randomised network (low is good), for Grad-CAM++ and,
-  as a reference, for Grad-CAM. Grad-CAM++ keeps only positive gradients, so on a random network its map drifts
+* sanity (Adebayo et al. 2018, https://arxiv.org/abs/1810.03292), on a seeded sample of images only, computed once
+  for the whole sample after the last batch (:meth:`ClassificationTask.final`: one randomised network per cascade
+  step, calibrated on the whole sample, so the result does not depend on batching): the Spearman correlation
+  between the maps of the trained and of a randomised network (low is good) at every step of the paper's cascade
+  (top layer first) and, per image, after the full randomisation, for Grad-CAM++ and, as a reference, for Grad-CAM. Grad-CAM++ keeps only positive gradients, so on a random network its map drifts
   towards the layer's activation energy, which still follows the image (see :mod:`explain.cam`); Grad-CAM's signed
   weights do not, and the reference shows how much of the correlation is the method's rather than the model's.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import abc
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +92,24 @@ class AuditTask(abc.ABC):
         """
         return preprocess
 
+    def final_keys(self) -> list[str]:
+        """The images the dataset-level step (:meth:`final`) needs, sorted; none (the default): no such step."""
+        return []
+
+    def final(self, x: torch.Tensor | None, keys: Sequence[str],
+              advance: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Dataset-level results, computed once after every batch and journaled (JSON-ready).
+
+        Args:
+            x: the preprocessed images of :meth:`final_keys` that could be read (``None``: none could).
+            keys: their keys, in the order of ``x``.
+            advance: progress callback, called with 1 per unit of work.
+        """
+        return {}
+
+    def merge_final(self, records: Sequence[dict[str, Any]], final: dict[str, Any] | None) -> None:
+        """Copy what :meth:`final` found about single images into their ``records`` (in place)."""
+
 
 @dataclass(frozen=True)
 class ClassificationSettings:
@@ -101,6 +121,8 @@ class ClassificationSettings:
         shift: translation in pixels of the model input; 0 disables the translation test.
         sanity: the paths of the images of the sanity sample (empty: no sanity check).
         seed: seed of the random baseline maps and of the randomised network.
+        randomisation: the sanity check's randomisation scheme (:func:`explain.metrics.randomized_model`).
+        cascade: run the sanity check's whole cascade, or only the full randomisation.
         tolerance: pointing-game tolerance in model-input pixels.
         curve_batch: masked images per forward pass in the deletion/insertion curves (small batches are fastest
             on CPUs: measured here, a 224 px EfficientNet-Lite0 pass cost ~55 ms per image in batches of 1-4 but
@@ -113,6 +135,8 @@ class ClassificationSettings:
     shift: int = 8
     sanity: frozenset[str] = frozenset()
     seed: int = 0
+    randomisation: str = "recalibrated"
+    cascade: bool = True
     tolerance: float = 15.0
     curve_batch: int = 4
     shift_batch: int = 4
@@ -150,7 +174,7 @@ class ClassificationTask(AuditTask):
         s = self.settings
         return {"task": self.name, "method": METHOD, "sanity_reference": REFERENCE_METHOD, "layer": s.layer,
                 "steps": s.steps, "shift": s.shift, "sanity": sorted(s.sanity), "seed": s.seed,
-                "tolerance": s.tolerance}
+                "randomisation": s.randomisation, "cascade": s.cascade, "tolerance": s.tolerance}
 
     # --- the batch --------------------------------------------------------------------------------------------
     def records(self, batch: Batch, keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -180,7 +204,6 @@ class ClassificationTask(AuditTask):
         self._add_boxes(rows, batch, keys, true_maps)
         self._add_faithfulness(rows, x, pred_maps, pred, keys, layer_size)
         self._add_translation(rows, x)
-        self._add_sanity(rows, x, pred, keys)
         return rows
 
     @staticmethod
@@ -203,6 +226,7 @@ class ClassificationTask(AuditTask):
             "prob": rounded(probs[pred]), "true_prob": rounded(max(float(probs[c]) for c in label.indices)),
             "correct": correct, "input_sha256": sample.loaded.sha256,
             "crop_box": [round(v, 3) for v in sample.geometry.crop_box], "notes": notes,
+            "sanity_rho": None, "sanity_rho_gradcam": None,  # filled from the final step (merge_final)
         }
 
     def _true_maps(self, x: torch.Tensor, pred_maps: torch.Tensor, pred: torch.Tensor,
@@ -294,18 +318,40 @@ class ClassificationTask(AuditTask):
             row.update(shift_prob_change=rounded(change[i]), shift_top1_kept=rounded(kept[i]),
                        shift_peak_move=rounded(moved[i]))
 
-    def _add_sanity(self, rows: list[dict[str, Any]], x: torch.Tensor, pred: torch.Tensor,
-                    keys: Sequence[str]) -> None:
-        """Sanity rank correlations of Grad-CAM++ and, as a reference, of Grad-CAM (same randomised network)."""
-        from explain.metrics import sanity_correlations
+    # --- the sanity check, once for the whole sample ------------------------------------------------------------
+    def final_keys(self) -> list[str]:
+        return sorted(self.settings.sanity)
 
-        for row in rows:
-            row.update(sanity_rho=None, sanity_rho_gradcam=None)
-        chosen = [i for i, key in enumerate(keys) if key in self.settings.sanity]
-        if not chosen:
+    def final(self, x: torch.Tensor | None, keys: Sequence[str],
+              advance: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """The sanity cascade over the readable images of the sanity sample, each explained for the class the
+        trained model predicts (recomputed here in one pass; the records hold the same class)."""
+        import torch
+
+        from explain.hooks import channels_last_layout, prefers_channels_last
+        from explain.metrics import sanity_cascade
+
+        if x is None or not keys:
+            return {"sanity": None}
+        model, s = self.backbone.model, self.settings
+        x = x.to(self.device)
+        step = (lambda: advance(1)) if advance is not None else None
+        with channels_last_layout(model, prefers_channels_last(model)):
+            with torch.no_grad():
+                pred = model(x).argmax(1).cpu()
+            result = sanity_cascade(model, x, s.layer, pred, methods=(METHOD, REFERENCE_METHOD), seed=s.seed,
+                                    scheme=s.randomisation, cascade=s.cascade, on_step=step)
+        rho = {m: [[rounded(v) for v in row.tolist()] for row in values] for m, values in result.rho.items()}
+        return {"sanity": {"keys": list(keys), "steps": result.steps, "methods": [METHOD, REFERENCE_METHOD],
+                           "randomisation": s.randomisation, "rho": rho}}
+
+    def merge_final(self, records: Sequence[dict[str, Any]], final: dict[str, Any] | None) -> None:
+        sanity = (final or {}).get("sanity")
+        if not sanity:
             return
-        for field, method in (("sanity_rho", METHOD), ("sanity_rho_gradcam", REFERENCE_METHOD)):
-            rho = sanity_correlations(self.backbone.model, x[chosen], self.settings.layer, pred[chosen],
-                                      method=method, seed=self.settings.seed)
-            for j, i in enumerate(chosen):
-                rows[i][field] = rounded(rho[j])
+        column = {key: j for j, key in enumerate(sanity["keys"])}
+        for record in records:
+            j = column.get(record["path"])
+            if j is not None:
+                record["sanity_rho"] = sanity["rho"][METHOD][-1][j]
+                record["sanity_rho_gradcam"] = sanity["rho"][REFERENCE_METHOD][-1][j]

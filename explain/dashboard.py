@@ -38,7 +38,8 @@ lower is better, insertion: higher is better. The baseline is a random map at th
 <li><b>sanity</b> (Adebayo et al. 2018): Spearman correlation between the maps of the trained and of a fully
 randomised network, on a sample; a map that depends on what the network learnt correlates little. Grad-CAM is
 shown as a reference: Grad-CAM++ keeps only positive gradients, so on a random network its map drifts towards the
-layer's activation energy, which still follows the image.</li>
+layer's activation energy, which still follows the image. The cascade plot repeats the comparison as the network
+is randomised from the output down, one block more at each step (the paper's Fig. 2).</li>
 <li><b>translation</b>: the input shifted by &plusmn;k px horizontally and vertically: mean absolute change of the
 predicted class's probability, share of shifts keeping the top-1 class, mean distance between the CAM peak and where
 it should have moved.</li>
@@ -148,6 +149,36 @@ def _sanity_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
     return _plot(fig, "histogram of sanity-check rank correlations")
 
 
+def _cascade_plot(sanity: dict[str, Any]) -> Markup | None:
+    """Adebayo et al.'s cascade figure: median rank correlation (quartile band) as randomisation goes deeper."""
+    steps = sanity.get("cascade") or []
+    if len(steps) < 2:
+        return None
+    names = [row["randomised_from"] for row in steps]
+    fig = _figure(width=7.2, height=3.6)
+    ax = fig.subplots()
+    x = list(range(len(names)))
+    for method, label, colour in (("gradcam++", "Grad-CAM++", _COLOURS["cam"]),
+                                  ("gradcam", "Grad-CAM (reference)", _COLOURS["good"])):
+        cells = [row.get(method) or {} for row in steps]
+        if not any(c.get("median") is not None for c in cells):
+            continue
+        nan = float("nan")
+        median = [nan if c.get("median") is None else c["median"] for c in cells]
+        ax.fill_between(x, [nan if c.get("q1") is None else c["q1"] for c in cells],
+                        [nan if c.get("q3") is None else c["q3"] for c in cells], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(x, median, marker="o", markersize=3, color=colour, label=label)
+    ax.axhline(0, color="k", linewidth=1)
+    ax.set_ylim(-1, 1)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("randomised from this module to the output (cascade, top first)")
+    ax.set_ylabel("Spearman rho with trained map")
+    ax.set_title(f"sanity cascade ({sanity.get('randomisation')}): median and quartiles; low is good", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return _plot(fig, "sanity check: rank correlation at each step of the cascading randomisation")
+
+
 def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
     moved = _column(records, "shift_peak_move")
     if not moved:
@@ -220,9 +251,10 @@ def _cards(summary: dict[str, Any]) -> Markup:
     return Markup(f'<div class="cards">{join(cards)}</div>')
 
 
-def _plots(records: Sequence[dict[str, Any]]) -> Markup:
+def _plots(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Markup:
     plots = [p for p in (_probability_plot(records), _energy_plot(records), *_faithfulness_plots(records),
-                         _sanity_plot(records), *_translation_plots(records)) if p is not None]
+                         _sanity_plot(records), _cascade_plot(summary["sanity"]), *_translation_plots(records))
+             if p is not None]
     return Markup(f'<h2>Distributions</h2><div class="plots">{join(plots)}</div>')
 
 
@@ -311,7 +343,7 @@ def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]],
         A self-contained HTML document.
     """
     body = join([
-        _header(summary), _cards(summary), _plots(records), _groups(summary), _worst(summary, records, overlays),
+        _header(summary), _cards(summary), _plots(summary, records), _groups(summary), _worst(summary, records, overlays),
         _rwr_table(summary), _problems(summary),
         Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DEFINITIONS}</details>"),
     ])

@@ -20,7 +20,8 @@ Faithfulness (does removing what the map points at change the decision?):
 Sanity (Adebayo et al., NeurIPS 2018, https://arxiv.org/abs/1810.03292):
 
 * :func:`randomized_model` (model-parameter randomisation) and :func:`sanity_correlations` (Spearman rank
-  correlation, :func:`spearman`, between the maps of the trained and the randomised network).
+  correlation, :func:`spearman`, between the maps of the trained and the randomised network);
+  :func:`sanity_cascade` runs the paper's cascade, top layer first, for several methods at once.
 
 Stability:
 
@@ -49,10 +50,14 @@ from explain.modules import resolve_layer
 from explain.targets import ClassTarget
 
 __all__ = [
+    "RANDOMISATIONS",
+    "CascadeResult",
     "Curves",
     "TranslationResult",
     "boxes_to_mask",
     "cams_for_classes",
+    "cascade_blocks",
+    "cascade_length",
     "deletion_curves",
     "energy_in_mask",
     "gaussian_blur",
@@ -61,6 +66,7 @@ __all__ = [
     "pointing_hits",
     "random_maps",
     "randomized_model",
+    "sanity_cascade",
     "sanity_correlations",
     "shift_images",
     "spearman",
@@ -467,6 +473,12 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, rho, torch.full_like(rho, float("nan"))).float()
 
 
+RANDOMISATIONS: tuple[str, ...] = ("recalibrated", "he-identity")
+CALIBRATION_CHUNK = 32  # images per BatchNorm calibration pass (training-mode batch statistics depend on it)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def _randomized_modules(model: nn.Module, cascade_from: str | None) -> list[nn.Module]:
     """The modules to re-initialise: all, or ``cascade_from`` and everything after it in registration order."""
     named = list(model.named_modules())
@@ -477,32 +489,37 @@ def _randomized_modules(model: nn.Module, cascade_from: str | None) -> list[nn.M
     return [m for _, m in named[start:]]
 
 
-def _reinitialise(module: nn.Module) -> bool:
-    """Re-draw the parameters that ``module`` owns directly; return whether it owns any."""
+def _reinitialise(module: nn.Module, scheme: str) -> None:
+    """Re-draw the parameters that ``module`` owns directly (see :func:`randomized_model` for the schemes)."""
     own = list(module.parameters(recurse=False))
     if not own:
-        return False
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
-        return True
-    # No initialiser known: redraw from a Gaussian with the trained tensor's mean and std (scale kept, structure gone).
+        return
     with torch.no_grad():
-        for p in own:
-            std = float(p.std()) if p.numel() > 1 else 1.0
-            p.normal_(float(p.mean()), std if std > 0 else 1.0)
-    return True
+        if scheme == "he-identity" and isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            if module.bias is not None:
+                module.bias.zero_()
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        else:  # no initialiser known: a Gaussian with the trained tensor's mean and std (scale kept, structure gone)
+            for p in own:
+                std = float(p.std()) if p.numel() > 1 else 1.0
+                p.normal_(float(p.mean()), std if std > 0 else 1.0)
 
 
-def _recalibrate_norms(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], data: torch.Tensor) -> None:
-    """Re-estimate the running statistics of ``norms`` from one forward pass over ``data`` (others stay in eval)."""
+def _recalibrate_norms(model: nn.Module, norms: list[nn.modules.batchnorm._BatchNorm], data: torch.Tensor,
+                       chunk: int) -> None:
+    """Re-estimate the running statistics of ``norms`` from passes over ``data`` (others stay in eval mode)."""
     saved = [(m, m.momentum) for m in norms]
+    device = model_device(model, data.device)
     with eval_mode(model), torch.no_grad():
         try:
             for m in norms:
                 m.reset_running_stats()
-                m.momentum = None  # cumulative average: after one pass, exactly the statistics of this data
+                m.momentum = None  # cumulative average: the mean of the passes' batch statistics
                 m.train()
-            model(data.to(model_device(model, data.device)))
+            for start in range(0, len(data), chunk):
+                model(data[start : start + chunk].to(device))
         finally:
             for m, momentum in saved:
                 m.momentum = momentum
@@ -514,30 +531,32 @@ def randomized_model(
     cascade_from: str | None = None,
     *,
     calibration: torch.Tensor | None = None,
+    scheme: str = "recalibrated",
 ) -> nn.Module:
     """Adebayo et al.'s model-parameter randomisation (https://arxiv.org/abs/1810.03292, Sec. 3.1).
 
     Returns a deep copy of ``model`` (the original is untouched) in which every module that owns learnable
     parameters is re-initialised: all of them (the full cascade, from the output down to the input), or with
     ``cascade_from`` only that module and every module after it in registration order (a step of the cascade).
+    The draw runs under ``torch.manual_seed(seed)`` inside a forked random state, so it is reproducible and the
+    caller's random state is untouched.
 
-    Re-initialisation: a module's own ``reset_parameters()`` where it has one, i.e. PyTorch's default initial
-    distribution (Kaiming-uniform convolutions and linear layers; BatchNorm/LayerNorm/GroupNorm affine to 1 and 0).
-    A module without one has each parameter redrawn i.i.d. from a Gaussian with that tensor's mean and std. The
-    draw runs under ``torch.manual_seed(seed)`` inside a forked random state, so it is reproducible and the caller's
-    random state is untouched.
+    Schemes (``scheme``), both deviations from the paper's code, which re-runs TensorFlow's initialisers on the
+    *trainable* variables only and so keeps the trained BatchNorm moving statistics:
 
-    BatchNorm running statistics (decision): trained statistics describe the trained network's activations and
-    are meaningless for random weights (measured on EfficientNet-Lite0: the randomised network then gives the same
-    logits for every image); reset statistics (mean 0, variance 1) turn eval-mode BatchNorm into the identity, the
-    signal shrinks layer after layer, the logits are again input-independent and the maps are ~1e-8. So the
-    statistics of every randomised BatchNorm are reset and, when ``calibration`` images are given (strongly
-    recommended; :func:`sanity_correlations` passes the images it explains), re-estimated in one training-mode
-    forward pass over them with a cumulative average (only the randomised BatchNorms switch to training mode;
-    dropout stays off). Each then holds the exact mean and unbiased variance of its input in that pass, in which
-    earlier BatchNorms normalised with batch statistics, as during training; activations stay normalised as at
-    initialisation, and maps are finite and non-degenerate. The maps of the randomised network then depend
-    (slightly) on which images calibrated it.
+    * ``"recalibrated"`` (default): each module's own ``reset_parameters()``, i.e. PyTorch's default initial
+      distribution (Kaiming-uniform convolutions and linear layers; norm affine 1 and 0); a module without one has
+      each parameter redrawn from a Gaussian with that tensor's mean and std. BatchNorm statistics are reset and,
+      when ``calibration`` images are given (strongly recommended), re-estimated over them in training mode with
+      a cumulative average, :data:`CALIBRATION_CHUNK` images per pass in the given order (only the randomised BatchNorms switch to training mode;
+      dropout stays off). Why: trained statistics describe the trained network's activations (measured on
+      EfficientNet-Lite0: the randomised network then gives the same logits for every image), and reset statistics
+      make eval-mode BatchNorm the identity, under which Kaiming-uniform weights shrink the signal layer after
+      layer until the maps are ~1e-8. Recalibrated, activations stay normalised as at the start of training; the
+      randomised network then depends (slightly) on which images calibrated it.
+    * ``"he-identity"``: He-normal convolution and linear weights (``std = sqrt(2 / fan_in)``, zero bias), which
+      keep the signal's scale through ReLU networks without any data; other modules as above; BatchNorm affine
+      1 and 0 with statistics 0 and 1 (the identity in eval mode). ``calibration`` is not used.
 
     Registration order: ``cascade_from`` selects that module, its sub-modules and all later modules of
     ``model.named_modules()``; parameters owned directly by a container that comes earlier (e.g. a parameter of the
@@ -550,10 +569,14 @@ def randomized_model(
         seed: seed of the new weights.
         cascade_from: dotted layer name where the cascade starts, or ``None`` for every layer.
         calibration: ``(N, C, H, W)`` preprocessed images to re-estimate BatchNorm statistics, or ``None``.
+        scheme: ``"recalibrated"`` or ``"he-identity"``.
 
     Raises:
         LayerError: unknown ``cascade_from`` (with suggestions).
+        UsageError: unknown ``scheme``.
     """
+    if scheme not in RANDOMISATIONS:
+        raise UsageError(f"unknown randomisation {scheme!r}; choose one of {', '.join(RANDOMISATIONS)}")
     chosen = _randomized_modules(model, cascade_from)  # validate before copying
     positions = {id(m): i for i, m in enumerate(model.modules())}
     clone = copy.deepcopy(model)
@@ -564,13 +587,36 @@ def randomized_model(
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         for module in targets:
-            _reinitialise(module)
+            _reinitialise(module, scheme)
     norms = [m for m in targets if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for m in norms:
         m.reset_running_stats()
-    if calibration is not None and norms:
-        _recalibrate_norms(clone, norms, calibration)
+    if scheme == "recalibrated" and calibration is not None and norms:
+        _recalibrate_norms(clone, norms, calibration, CALIBRATION_CHUNK)
     return clone.eval()
+
+
+def cascade_blocks(model: nn.Module) -> list[str]:
+    """The steps of a cascading randomisation, in registration order (the cascade runs them backwards).
+
+    One step per top-level child that owns parameters, with ``Sequential``/``ModuleList``/``ModuleDict`` children
+    opened one level (a ResNet's ``layer4.2``, an EfficientNet's ``_blocks.15``); a normalisation layer joins the
+    step before it (``conv1`` + ``bn1``), as the paper's Inception blocks hold their BatchNorms.
+    """
+    candidates: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if isinstance(child, _CONTAINERS):
+            candidates.extend((f"{name}.{sub}", module) for sub, module in child.named_children())
+        else:
+            candidates.append((name, child))
+    steps: list[str] = []
+    for name, module in candidates:
+        if not any(True for _ in module.parameters()):
+            continue
+        if steps and isinstance(module, _NORMS):
+            continue
+        steps.append(name)
+    return steps
 
 
 def cams_for_classes(
@@ -579,8 +625,10 @@ def cams_for_classes(
     layer: str,
     classes: torch.Tensor,
     method: str = "gradcam++",
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CAMs of one class per image, one batched :func:`explain.cam.compute_cams` call per distinct class.
+    """CAMs of one class per image: one batched :func:`explain.cam.compute_cams` call per distinct class (and per
+    ``chunk`` images of it, when given, to bound memory).
 
     Returns:
         ``(maps_layer (N, h, w), maps (N, H, W), logits (N, num_classes))`` float32 CPU tensors, in input order.
@@ -591,13 +639,25 @@ def cams_for_classes(
     logits: list[torch.Tensor | None] = [None] * len(classes)
     for cls in classes.unique().tolist():
         rows = (classes == cls).nonzero()[:, 0]
-        result = compute_cams(model, inputs[rows.to(inputs.device)], layer, [ClassTarget(int(cls))], method)
-        for k, row in enumerate(rows.tolist()):
-            item = result.maps[k]
-            layer_maps[row] = torch.from_numpy(item.maps_layer[layer])
-            maps[row] = torch.from_numpy(item.map)
-            logits[row] = result.logits[k]
+        for part in rows.split(chunk or len(rows)):
+            result = compute_cams(model, inputs[part.to(inputs.device)], layer, [ClassTarget(int(cls))], method)
+            for k, row in enumerate(part.tolist()):
+                item = result.maps[k]
+                layer_maps[row] = torch.from_numpy(item.maps_layer[layer])
+                maps[row] = torch.from_numpy(item.map)
+                logits[row] = result.logits[k]
     return torch.stack(layer_maps), torch.stack(maps), torch.stack(logits)
+
+
+def _compared_maps(model: nn.Module, inputs: torch.Tensor, layer: str, classes: torch.Tensor, method: str,
+                   resolution: str, chunk: int | None = None) -> torch.Tensor:
+    layer_maps, maps, _ = cams_for_classes(model, inputs, layer, classes, method, chunk)
+    return layer_maps if resolution == "layer" else maps
+
+
+def _check_resolution(resolution: str) -> None:
+    if resolution not in ("layer", "input"):
+        raise UsageError(f"resolution must be 'layer' or 'input', got {resolution!r}")
 
 
 def sanity_correlations(
@@ -610,13 +670,14 @@ def sanity_correlations(
     seed: int = 0,
     cascade_from: str | None = None,
     resolution: str = "layer",
+    scheme: str = "recalibrated",
 ) -> torch.Tensor:
     """Spearman correlation between the CAMs of the trained and of the randomised model (Adebayo et al. 2018).
 
     Each image is explained for the same class (``classes``) by ``model`` and by
-    ``randomized_model(model, seed, cascade_from, calibration=inputs)`` (BatchNorm statistics re-estimated on these
-    very images, see :func:`randomized_model`). A method that passes the sanity check gives *low* correlation: its
-    maps depend on what the network learnt.
+    ``randomized_model(model, seed, cascade_from, calibration=inputs, scheme=scheme)`` (with the default scheme,
+    BatchNorm statistics re-estimated on these very images). A method that passes the sanity check gives *low*
+    correlation: its maps depend on what the network learnt.
 
     Which maps are compared (decision): by default the unnormalised ``map_layer`` at the layer's own resolution
     (``resolution="layer"``). Adebayo et al. compare normalised maps; Spearman's rank correlation is invariant to
@@ -625,6 +686,12 @@ def sanity_correlations(
     value hundreds of times with smooth ramps in between, so the statistic then depends on the input size and on
     the interpolation footprint of each cell rather than on the ``h w`` independent values (on the 8 sample photos
     the two differ by up to 0.06, in either direction). ``resolution="input"`` compares the upsampled maps instead.
+
+    Which class (decision): the class given, normally the trained model's prediction, for both networks. The
+    paper's code explains each network's own top class; on a random network that is the class whose random weights
+    happen to align best with the image's activation energy, which pulls even Grad-CAM's map towards that energy
+    (measured: Grad-CAM's median rho 0.34 with the random network's own class vs -0.03 with the trained class, 24
+    Caltech photos), so it measures the class choice rather than the explanation's dependence on the weights.
 
     Measured on the embedded EfficientNet-Lite0 (layer ``_head_act``, 8 sample photos, top-1 class, seeds 0/1/2):
     Grad-CAM++ mean rho 0.52/0.52/0.55 (per image -0.12 to 0.87), Grad-CAM 0.00/0.09/0.03; randomising only the
@@ -635,14 +702,82 @@ def sanity_correlations(
     Returns:
         ``(N,)`` float32; NaN where either map is constant (e.g. all zero: no channel had a positive weighted sum).
     """
-    if resolution not in ("layer", "input"):
-        raise UsageError(f"resolution must be 'layer' or 'input', got {resolution!r}")
-    trained_layer, trained_up, _ = cams_for_classes(model, inputs, layer, classes, method)
-    random_net = randomized_model(model, seed, cascade_from, calibration=inputs)
-    random_layer, random_up, _ = cams_for_classes(random_net, inputs, layer, classes, method)
-    if resolution == "layer":
-        return spearman(trained_layer, random_layer)
-    return spearman(trained_up, random_up)
+    _check_resolution(resolution)
+    trained = _compared_maps(model, inputs, layer, classes, method, resolution)
+    random_net = randomized_model(model, seed, cascade_from, calibration=inputs, scheme=scheme)
+    return spearman(trained, _compared_maps(random_net, inputs, layer, classes, method, resolution))
+
+
+@dataclass
+class CascadeResult:
+    """Rank correlations of a cascading randomisation (:func:`sanity_cascade`).
+
+    Attributes:
+        steps: the cascade's steps in the order they ran: ``steps[k]`` is the module from which everything was
+            randomised at step ``k`` (the first step randomises only the top; the last, ``"(all)"``, everything).
+        rho: method -> ``(len(steps), N)`` float32 Spearman correlations with the trained network's maps (NaN
+            where a map is constant). ``rho[m][-1]`` is the full randomisation, as :func:`sanity_correlations`.
+    """
+
+    steps: list[str]
+    rho: dict[str, torch.Tensor]
+
+
+def sanity_cascade(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    layer: str,
+    classes: torch.Tensor,
+    *,
+    methods: Sequence[str] = ("gradcam++", "gradcam"),
+    seed: int = 0,
+    scheme: str = "recalibrated",
+    cascade: bool = True,
+    chunk: int = 16,
+    on_step: Callable[[], None] | None = None,
+) -> CascadeResult:
+    """Adebayo et al.'s cascading randomisation (Sec. 3.1, Fig. 2): randomise the network from the top down, one
+    :func:`cascade_blocks` step more each time, and compare every method's maps with the trained network's.
+
+    Each step builds one randomised copy (:func:`randomized_model` with ``cascade_from`` = that step's module,
+    calibrated on ``inputs`` under the default scheme) that every method shares; the last step randomises
+    everything (``cascade_from=None``). ``cascade=False`` runs only that last step. Maps are compared at the
+    layer's resolution (see :func:`sanity_correlations` for that choice and for the class explained). Maps are
+    computed ``chunk`` images at a time, so memory does not grow with ``N``; the results do not depend on ``chunk``.
+
+    Args:
+        model: the trained network (left as found).
+        inputs: ``(N, C, H, W)`` preprocessed images; also the calibration data.
+        layer: dotted name of the explained layer.
+        classes: ``(N,)`` class explained in each image (on both networks).
+        methods: CAM methods compared.
+        seed: seed of the random weights (each step draws afresh under it).
+        scheme: see :func:`randomized_model`.
+        cascade: run every step (``True``) or only the full randomisation.
+        chunk: images per forward/backward pass.
+        on_step: called after each step (progress).
+
+    Returns:
+        The :class:`CascadeResult`.
+    """
+    blocks = cascade_blocks(model)
+    starts: list[str | None] = [*reversed(blocks[1:]), None] if cascade else [None]
+    names = [*reversed(blocks[1:]), "(all)"] if cascade else ["(all)"]
+    trained = {m: _compared_maps(model, inputs, layer, classes, m, "layer", chunk) for m in methods}
+    rho: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    for start in starts:
+        net = randomized_model(model, seed, start, calibration=inputs, scheme=scheme)
+        for m in methods:
+            rho[m].append(spearman(trained[m], _compared_maps(net, inputs, layer, classes, m, "layer", chunk)))
+        del net
+        if on_step is not None:
+            on_step()
+    return CascadeResult(steps=names, rho={m: torch.stack(v) for m, v in rho.items()})
+
+
+def cascade_length(model: nn.Module, cascade: bool = True) -> int:
+    """How many steps :func:`sanity_cascade` runs on ``model`` (for progress bars)."""
+    return max(1, len(cascade_blocks(model))) if cascade else 1
 
 
 # ----------------------------------------------------------------------------------------------------------------

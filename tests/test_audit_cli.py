@@ -137,8 +137,9 @@ def test_killed_audit_resumes_to_the_same_csv(tmp_path: Path, samples: Path) -> 
     assert (killed / "images.csv").read_bytes() == (clean / "images.csv").read_bytes()
     assert (killed / "images.jsonl").read_bytes() == (clean / "images.jsonl").read_bytes()
     assert (killed / "summary.json").read_bytes() == (clean / "summary.json").read_bytes()
-    batches = [json.loads(line)["batch"] for line in journal.read_text().splitlines()[1:]]
-    assert sorted(batches) == list(range(6))  # every batch exactly once: nothing redone, nothing duplicated
+    entries = [json.loads(line) for line in journal.read_text().splitlines()[1:]]
+    assert sorted(e["batch"] for e in entries[:-1]) == list(range(6))  # every batch once: nothing redone or doubled
+    assert set(entries[-1]) == {"final"} and entries[-1]["final"]["sanity"]["keys"]  # the sanity step, last, once
     rows = list(csv.DictReader((killed / "images.csv").open()))
     assert len(rows) == 6 and sum(bool(r["sanity_rho"]) for r in rows) == 2
 

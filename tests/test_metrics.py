@@ -32,7 +32,10 @@ from explain.metrics import (
     peak_locations,
     pointing_hits,
     random_maps,
+    cascade_blocks,
+    cascade_length,
     randomized_model,
+    sanity_cascade,
     sanity_correlations,
     shift_images,
     spearman,
@@ -483,6 +486,55 @@ def test_sanity_correlations_compare_the_layer_maps_of_both_models() -> None:
     torch.testing.assert_close(up, spearman(trained_up, rand_up), equal_nan=True)
     with pytest.raises(UsageError):
         sanity_correlations(net, x, "relu2", classes, resolution="pixels")
+
+
+def test_he_identity_scheme_draws_he_normal_weights_and_makes_batchnorm_the_identity() -> None:
+    net = nn.Sequential(nn.Conv2d(64, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        net[1].running_mean.fill_(3.0)
+        net[1].weight.fill_(2.0)
+    x = torch.randn(2, 64, 3, 3)
+    rand = randomized_model(net.eval(), seed=0, scheme="he-identity", calibration=x)  # calibration not used
+    conv, bn, fc = rand[0], rand[1], rand[4]
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.03)
+    assert conv.weight.mean().abs().item() < 0.003
+    assert fc.weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)
+    assert torch.equal(conv.bias, torch.zeros(64)) and torch.equal(fc.bias, torch.zeros(10))
+    assert torch.equal(bn.running_mean, torch.zeros(64)) and torch.equal(bn.running_var, torch.ones(64))
+    assert torch.equal(bn.weight, torch.ones(64)) and torch.equal(bn.bias, torch.zeros(64))
+    with pytest.raises(UsageError, match="he-identity"):
+        randomized_model(net, scheme="xavier")
+
+
+def test_cascade_blocks_open_containers_and_keep_norms_with_their_layer(lite0) -> None:
+    assert cascade_blocks(trained_tiny()) == ["conv1", "conv2", "fc"]
+    seq = nn.Sequential(OrderedDict(features=nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                                           nn.Conv2d(4, 4, 3)),
+                                    pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), head=nn.Linear(4, 2)))
+    assert cascade_blocks(seq) == ["features.0", "features.3", "head"]
+    blocks = cascade_blocks(lite0.model)
+    assert blocks == ["_conv_stem", *(f"_blocks.{i}" for i in range(16)), "_conv_head", "_fc"]
+    assert cascade_length(lite0.model) == 19 and cascade_length(lite0.model, cascade=False) == 1
+
+
+def test_sanity_cascade_steps_are_single_randomisations_from_the_top() -> None:
+    net = trained_tiny()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(2))
+    classes = torch.tensor([1, 3, 1, 0, 4])
+    calls = []
+    result = sanity_cascade(net, x, "relu2", classes, methods=("gradcam", "gradcam++"), seed=4, chunk=2,
+                            on_step=lambda: calls.append(1))
+    assert result.steps == ["fc", "conv2", "(all)"] and len(calls) == 3
+    for method in ("gradcam", "gradcam++"):
+        assert result.rho[method].shape == (3, 5)
+        for k, start in enumerate(["fc", "conv2", None]):
+            expected = sanity_correlations(net, x, "relu2", classes, method=method, seed=4, cascade_from=start)
+            torch.testing.assert_close(result.rho[method][k], expected, equal_nan=True)
+    whole = sanity_cascade(net, x, "relu2", classes, methods=("gradcam",), seed=4, cascade=False)
+    assert whole.steps == ["(all)"]
+    torch.testing.assert_close(whole.rho["gradcam"][0], result.rho["gradcam"][-1], equal_nan=True)  # chunk-free
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 # --------------------------------------------------------------------------------------------------------------------
