@@ -22,6 +22,7 @@ _CSS = """
 .cards .card b { display: block; font-size: 1.5em; font-variant-numeric: tabular-nums; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 14px; }
 .plots img { width: 100%; height: auto; }
+.plots img.span { grid-column: 1 / -1; max-width: 1000px; }
 """
 
 _COLOURS = {"good": "#1f77b4", "bad": "#d62728", "random": "#7f7f7f", "cam": "#ff7f0e"}
@@ -68,8 +69,8 @@ def _figure(width: float = 5.6, height: float = 3.2) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _plot(fig: Figure, alt: str) -> Markup:
-    return img(figure_data_uri(fig, dpi=100), alt)
+def _plot(fig: Figure, alt: str, cls: str | None = None) -> Markup:
+    return img(figure_data_uri(fig, dpi=100), alt, cls=cls)
 
 
 def _column(records: Sequence[dict[str, Any]], key: str,
@@ -155,7 +156,7 @@ def _cascade_plot(sanity: dict[str, Any]) -> Markup | None:
     if len(steps) < 2:
         return None
     names = [row["randomised_from"] for row in steps]
-    fig = _figure(width=7.2, height=3.6)
+    fig = _figure(width=10, height=3.6)
     ax = fig.subplots()
     x = list(range(len(names)))
     for method, label, colour in (("gradcam++", "Grad-CAM++", _COLOURS["cam"]),
@@ -171,12 +172,12 @@ def _cascade_plot(sanity: dict[str, Any]) -> Markup | None:
     ax.axhline(0, color="k", linewidth=1)
     ax.set_ylim(-1, 1)
     ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("randomised from this module to the output (cascade, top first)")
     ax.set_ylabel("Spearman rho with trained map")
     ax.set_title(f"sanity cascade ({sanity.get('randomisation')}): median and quartiles; low is good", fontsize=10)
-    ax.legend(frameon=False, fontsize=8)
-    return _plot(fig, "sanity check: rank correlation at each step of the cascading randomisation")
+    ax.legend(frameon=False, fontsize=8, loc="lower left")
+    return _plot(fig, "sanity check: rank correlation at each step of the cascading randomisation", cls="span")
 
 
 def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:

@@ -697,7 +697,9 @@ def sanity_correlations(
     Grad-CAM++ mean rho 0.52/0.52/0.55 (per image -0.12 to 0.87), Grad-CAM 0.00/0.09/0.03; randomising only the
     classifier (``cascade_from="_fc"``) leaves Grad-CAM++ at 0.93-0.99. Grad-CAM++'s channel weights are never
     negative, so on a random network its map is a positive mix of activation maps, which still follow the image's
-    structure: a known weakness of the method (see :mod:`explain.cam`), which this check is meant to expose.
+    structure: a known weakness of the method (see :mod:`explain.cam`), which this check is meant to expose. Binder
+    et al. (2022, https://arxiv.org/abs/2211.12486) show the general mechanism: top-down randomisation keeps the
+    scale of forward activations, so strongly activated channels keep contributing to a randomised network's maps.
 
     Returns:
         ``(N,)`` float32; NaN where either map is constant (e.g. all zero: no channel had a positive weighted sum).

@@ -61,9 +61,13 @@ def chromium_path() -> str | None:
 
 def _move_fds(read_end: int, write_end: int) -> None:
     """In the child: put the pipe ends on fds 3 and 4 (inheritable), whatever numbers they had."""
-    high_read, high_write = os.dup(read_end), os.dup(write_end)  # copies above 4, so the moves cannot collide
+    high_read, high_write = os.dup(read_end), os.dup(write_end)  # fresh copies, so the moves cannot collide
     os.dup2(high_read, 3, inheritable=True)
     os.dup2(high_write, 4, inheritable=True)
+    # A copy may itself have landed on 3 or 4 (when those were free): dup2 onto the same number is a no-op that
+    # leaves the copy close-on-exec, so set the flags explicitly.
+    os.set_inheritable(3, True)
+    os.set_inheritable(4, True)
 
 
 class _Pipe:
