@@ -124,6 +124,7 @@ __all__ = [
 
 #: Key under which the model's output appears in the activations handed to objectives.
 OUTPUT = "<output>"
+MAX_SIZE = 1024  # --size limit: memory grows with its square (Lite0 at 1024 px: ~2 GB for the gradient pass)
 
 #: The colour mixing matrix ``M`` of the Fourier parameterisation: ``C^(1/4)`` for the RGB covariance ``C`` of photos
 #: (symmetric, ``U L^(1/4) U^T``), scaled to spectral norm 1. Derived with ``colour_matrix(pixels, power=0.25)`` from
@@ -633,6 +634,10 @@ class AscentConfig:
         size = 224 if self.size is None else self.size
         if size < 8:
             raise UsageError(f"--size {size} is too small: images must be at least 8 pixels wide")
+        if size > MAX_SIZE:
+            raise UsageError(f"--size {size} is too large: at most {MAX_SIZE} pixels (memory grows with the square of "
+                             "the size; a larger picture of the same optimum: optimise at the model's size and "
+                             "upsample)")
         jitter = round(0.06 * size) if self.jitter is None else self.jitter
         decay = (0.002 if self.param == "fft" else 0.0) if self.decay is None else self.decay
         checks = [

@@ -345,8 +345,10 @@ def resolve_gradient_options(backbone: Backbone, opts: GradientOptions) -> _Reso
     else:
         if opts.samples < 0:
             raise UsageError(f"--samples must be >= 0 (0: plain gradient), got {opts.samples}")
-        if not (np.isfinite(opts.noise) and opts.noise >= 0):
-            raise UsageError(f"--noise must be a fraction >= 0 of the input range, got {opts.noise}")
+        from explain.saliency import MAX_NOISE
+
+        if not 0 <= opts.noise <= MAX_NOISE:
+            raise UsageError(f"--noise must be a fraction of the input range in [0, {MAX_NOISE:g}], got {opts.noise}")
     return _Resolved(targets, cam_layers, cam_method)
 
 

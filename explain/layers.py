@@ -503,6 +503,7 @@ def _dims(value: Any, ndim: int) -> list[int] | None:
 # Op handlers: each returns the record of the output from the record of the first argument, or None ("generic")
 # --------------------------------------------------------------------------------------------------------------------
 
+MAX_INPUT_PIXELS = 4096 * 4096  # a traced forward pass allocates real activations
 _CONV = {"conv1d", "conv2d", "conv3d"}
 _CONV_T = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 _MAX_POOL = {f"max_pool{n}d{s}" for n in (1, 2, 3) for s in ("", "_with_indices")}
@@ -1075,6 +1076,9 @@ def _check_size(input_size: Any) -> tuple[int, int]:
         raise UsageError(f"input size must be two integers (height, width), got {input_size!r}") from None
     if height < 1 or width < 1:
         raise UsageError(f"input size must be positive, got {height}x{width}")
+    if height * width > MAX_INPUT_PIXELS:
+        raise UsageError(f"input size {height}x{width} is too large to trace: at most {MAX_INPUT_PIXELS} pixels "
+                         "(4096x4096); receptive fields and jumps do not depend on the input size")
     return height, width
 
 

@@ -21,14 +21,15 @@ Target = ClassTarget | TopK | NeuronTarget
 
 
 def check_targets(targets: Sequence[Target]) -> list[Target]:
-    """The targets as a list; an empty list or an object that is not a target is a :class:`UsageError`."""
+    """The targets as a list without repeats (first occurrence kept, so ``--target 282 --target 282`` explains
+    class 282 once); an empty list or an object that is not a target is a :class:`UsageError`."""
     targets = list(targets)
     if not targets:
         raise UsageError("no target given: name a class, topK or a neuron")
     for target in targets:
         if not isinstance(target, ClassTarget | TopK | NeuronTarget):
             raise UsageError(f"unsupported target {target!r}: use ClassTarget, TopK or NeuronTarget")
-    return targets
+    return list(dict.fromkeys(targets))
 
 
 @dataclass

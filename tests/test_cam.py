@@ -519,6 +519,9 @@ def test_errors(images: torch.Tensor) -> None:
         compute_cams(model, images[0], ["layer4"], [TopK(1)])
     with pytest.raises(UsageError, match="no target"):
         compute_cams(model, images, ["layer4"], [])
+    twice = compute_cams(model, images, ["layer4"], [ClassTarget(3), TopK(1), ClassTarget(3)])
+    assert len(twice.maps) == 2 * len(images)  # a repeated target is explained once
+    assert sum(m.target == ClassTarget(3) and m.rank is None for m in twice.maps) == len(images)
     with pytest.raises(UsageError, match="no layer"):
         compute_cams(model, images, [], [TopK(1)])
 

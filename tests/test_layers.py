@@ -490,6 +490,8 @@ def test_errors() -> None:
         layer_table(model, (4, 4))
     with pytest.raises(UsageError, match="input size"):
         layer_table(model, (0, 32))
+    with pytest.raises(UsageError, match="100000x100000 is too large"):
+        layer_table(model, (100000, 100000))  # refused before a 120 GB activation is allocated
     with pytest.raises(UsageError, match="model is on"):
         layer_table(model, (32, 32), device="meta")
     rows = table(model, (32, 32))

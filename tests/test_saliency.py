@@ -147,6 +147,9 @@ def test_bad_arguments(net, x) -> None:
         saliency(net, x, [TopK(1)], samples=-1)
     with pytest.raises(UsageError, match="noise"):
         saliency(net, x, [TopK(1)], samples=2, noise=-0.1)
+    for noise in (1e308, float("inf"), float("nan"), 1.5):  # an infinite sigma would reach the manifest as inf
+        with pytest.raises(UsageError, match=r"noise must be a fraction of the input range in \[0, 1\]"):
+            saliency(net, x, [TopK(1)], samples=2, noise=noise)
     with pytest.raises(UsageError, match="seeds"):
         saliency(net, x, [TopK(1)], samples=2, seed=[1, 2])
     with pytest.raises(UsageError, match="batch_size"):
