@@ -27,6 +27,16 @@ Bad rows never stop an audit: a label row naming a missing file or an unknown cl
 image is not audited), a box that lies outside its image is a per-image warning (its metrics are NaN), group rows
 that match no audited image are counted in a warning and audited images without a group land in
 :data:`NO_GROUP`. Only an unreadable file or missing columns is a usage error (nothing sensible can be done).
+
+A box row or annotation that is not a box is refused, never repaired, and never dropped silently: each one becomes
+a :class:`BoxProblem` naming the file, the line (CSV) or the annotation (COCO: position and ``id``) and the reason
+(a missing path; too few or too many fields; a value that is not a number; ``nan``/``inf``; an empty or inverted
+box; a COCO ``bbox`` that is not four numbers or has a negative width or height; an annotation whose ``image_id``
+the file does not list or whose ``category_id`` its ``categories`` do not name). The rest of the file is used.
+An inverted box (``x1 < x0`` or ``y1 < y0``) is refused rather than swapped: an audit should measure the ground truth
+as written, and a swapped corner pair is as likely a typo in one number as two exchanged columns. The problems
+become run warnings (:func:`box_warnings`, at most :data:`SHOWN_PER_KIND` lines per kind plus one "and K more"
+line) and, for a row that names an image, a note on that image (:attr:`BoxFile.notes`).
 """
 
 from __future__ import annotations
@@ -48,8 +58,9 @@ if TYPE_CHECKING:
     from explain.images import ImageFile
 
 __all__ = [
-    "NO_GROUP", "AuditInputs", "Box", "BoxFile", "BoxObject", "GroupFile", "LabelFile", "MappedBoxes", "TrueLabel",
-    "boxes_to_input", "load_audit_inputs", "parse_boxes", "parse_groups", "parse_labels", "relative_key",
+    "NO_GROUP", "SHOWN_PER_KIND", "AuditInputs", "Box", "BoxFile", "BoxObject", "BoxProblem", "GroupFile",
+    "LabelFile", "MappedBoxes", "TrueLabel", "box_warnings", "boxes_to_input", "load_audit_inputs", "parse_boxes",
+    "parse_groups", "parse_labels", "relative_key",
 ]
 
 NO_GROUP = "(no group)"
@@ -57,6 +68,9 @@ NO_GROUP = "(no group)"
 
 Box = tuple[float, float, float, float]
 """``(x0, y0, x1, y1)`` in pixels, ``x0 < x1`` and ``y0 < y1``."""
+
+SHOWN_PER_KIND = 5
+"""Refused box rows of one kind listed one per warning line; the rest are summed up in one more line."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ class BoxObject:
             annotation ``id`` (else its position in ``annotations``).
         category: the class as written (CSV ``class``, COCO category name, or COCO ``category_id`` as text when
             the file has no ``categories``); ``None`` when the file gives no classes.
-        where: where it was read, for messages (``"gt.csv line 3"``, ``"gt.json annotation 5"``).
+        where: where it was read, for messages (``"gt.csv line 3"``, ``"gt.json annotations[5] (id 17)"``).
         crowd: COCO ``iscrowd``: a region of many objects (ignored by the detection audit, as COCO does).
     """
 
@@ -102,16 +116,47 @@ class BoxObject:
     crowd: bool = False
 
 
+@dataclass(frozen=True)
+class BoxProblem:
+    """One box row or annotation that was refused.
+
+    Attributes:
+        source: the boxes file's name.
+        place: where in it: ``"line 3"`` (CSV) or ``"annotations[4] (id 17)"`` (COCO, position from 0).
+        kind: the class of problem (``"not numeric"``, ``"inverted box"``, ...), to sum up many alike.
+        reason: what is wrong, with the values.
+        key: the image the row names, ``None`` when it names none the file lists.
+    """
+
+    source: str
+    place: str
+    kind: str
+    reason: str
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.place}: {self.reason}; ignored"
+
+
+class _Refused(ValueError):
+    """A row or annotation that is not a box: ``kind`` (for summaries) and ``reason``."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
 @dataclass
 class BoxFile:
-    """Parsed boxes: ``boxes[path]`` (original-image pixels) and per-image notes on rows that were dropped.
+    """Parsed boxes: ``boxes[path]`` (original-image pixels) and the rows that were refused.
 
     Attributes:
         boxes: every image's boxes (their union is the classifier audit's object region).
-        notes: per image, the rows that were not a box and were ignored.
+        notes: per image, the rows naming it that were not a box and were ignored (the text of their problem).
         objects: the same boxes as :class:`BoxObject` (class, id), per image.
         listed: every image the file names, in order of first mention (also those without a valid box).
         has_classes: the file gives classes (a CSV ``class`` column, COCO ``category_id``).
+        problems: every refused row or annotation, in file order (also those that name no image).
     """
 
     boxes: dict[str, list[Box]] = field(default_factory=dict)
@@ -119,9 +164,16 @@ class BoxFile:
     objects: dict[str, list[BoxObject]] = field(default_factory=dict)
     listed: dict[str, None] = field(default_factory=dict)
     has_classes: bool = False
+    problems: list[BoxProblem] = field(default_factory=list)
 
     def note(self, key: str, text: str) -> None:
         self.notes.setdefault(key, []).append(text)
+
+    def refuse(self, problem: BoxProblem) -> None:
+        """Record a refused row (and a note on its image when it names one)."""
+        self.problems.append(problem)
+        if problem.key:
+            self.note(problem.key, str(problem))
 
     def add(self, key: str, obj: BoxObject) -> None:
         """Add one valid object (and its box)."""
@@ -187,8 +239,10 @@ def _read_text(path: Path, what: str) -> str:
         raise UsageError(f"cannot read the {what} file {str(path)!r}: {reason}") from None
 
 
-def _csv_rows(path: Path, what: str, needs: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and ``(line number, row)`` pairs of a CSV with a ``path`` column.
+def _csv_rows(path: Path, what: str, needs: str) -> tuple[list[str], list[tuple[int, dict[str, str], int]]]:
+    """Header and ``(line number, row, number of fields on the line)`` of a CSV with a ``path`` column.
+
+    A short row's missing fields read as ``""``; a long row's extra fields are dropped (the field count tells both).
 
     Raises:
         UsageError: unreadable file, or no ``path`` column.
@@ -199,8 +253,11 @@ def _csv_rows(path: Path, what: str, needs: str) -> tuple[list[str], list[tuple[
         raise UsageError(f"the {what} file {str(path)!r} needs a header with the columns {needs} "
                          f"(found: {', '.join(columns) or 'nothing'})")
     reader.fieldnames = columns
-    rows = [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)})
-            for row in reader]
+    rows = []
+    for row in reader:
+        present = sum(1 for k, v in row.items() if isinstance(k, str) and v is not None)
+        values = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        rows.append((reader.line_num, values, present + len(row.get(None) or [])))  # type: ignore[call-overload]
     return columns, rows
 
 
@@ -243,7 +300,7 @@ def parse_labels(path: Path, class_names: Sequence[str]) -> LabelFile:
         raise UsageError(f"the labels file {str(path)!r} needs a header with the columns {needs} "
                          f"(found: {', '.join(columns)})")
     result = LabelFile(source=Path(path).name)
-    for line, row in rows:
+    for line, row, _ in rows:
         key = relative_key(row.get("path", ""))
         if not key:
             continue
@@ -263,44 +320,156 @@ def parse_labels(path: Path, class_names: Sequence[str]) -> LabelFile:
     return result
 
 
-def _box_from_values(values: Sequence[Any]) -> Box | str:
-    """``(x0, y0, x1, y1)`` from four values, or the reason they are not a box."""
+_CORNERS = ("x0", "y0", "x1", "y1")
+
+
+def _shown(value: Any) -> str:
+    """A CSV value as a message shows it: empty text as ``''``, long values cut."""
+    text = str(value) if not isinstance(value, str) or value else "''"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json(value: Any) -> str:
+    """A JSON value as a message shows it (long values cut)."""
+    return _shown(json.dumps(value))
+
+
+def _numbers(values: Sequence[Any]) -> tuple[float, ...]:
+    """Four values (a box or a COCO bbox) as finite floats.
+
+    Raises:
+        _Refused: a value is not a number (JSON ``true``/``false`` included), or is ``nan``/``inf``.
+    """
+    shown = ", ".join(_shown(v) for v in values)
     try:
-        x0, y0, x1, y1 = (float(v) for v in values)
+        if any(isinstance(v, bool) for v in values):
+            raise ValueError
+        numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        return f"not four numbers: {', '.join(str(v) for v in values)}"
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        return "box has non-finite coordinates"
-    if x1 <= x0 or y1 <= y0:
-        return f"empty box ({x0:g}, {y0:g}, {x1:g}, {y1:g}): needs x0 < x1 and y0 < y1"
-    return (x0, y0, x1, y1)
+        raise _Refused("not numeric", f"not four numbers ({shown})") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise _Refused("non-finite coordinates", f"non-finite coordinate(s) ({shown})")
+    return numbers
+
+
+def _corners(x0: float, y0: float, x1: float, y1: float) -> Box:
+    """``(x0, y0, x1, y1)`` if it is a box (``x0 < x1``, ``y0 < y1``).
+
+    Raises:
+        _Refused: an inverted box (refused, not swapped: see the module docstring) or one of zero width or height.
+    """
+    box = (x0, y0, x1, y1)
+    inverted = [name for name, bad in (("x1 < x0", x1 < x0), ("y1 < y0", y1 < y0)) if bad]
+    if inverted:
+        raise _Refused("inverted box", f"empty box {_fmt_box(box)}: inverted ({' and '.join(inverted)}); not "
+                                       "swapped: x0,y0 is the top-left corner, x1,y1 the bottom-right one")
+    if x1 == x0 or y1 == y0:
+        raise _Refused("empty box", f"empty box {_fmt_box(box)}: zero width or height; needs x0 < x1 and y0 < y1")
+    return box
+
+
+def _csv_box(row: dict[str, str], fields: int, columns: Sequence[str]) -> Box | None:
+    """One CSV row's box; ``None`` when its four coordinates are empty (an image without objects).
+
+    A short row is fine while it reaches the last coordinate column (later optional columns read as empty); a long
+    row is refused, since its values may sit in the wrong columns.
+
+    Raises:
+        _Refused: wrong number of fields, or the coordinates are not a box.
+    """
+    header = f"the header ({','.join(columns)}) has {len(columns)}"
+    if fields > len(columns):
+        raise _Refused("wrong number of fields", f"{fields} fields where {header}: values may be in the wrong columns")
+    if fields <= max(columns.index(c) for c in _CORNERS):
+        raise _Refused("wrong number of fields", f"only {fields} field(s) where {header}: a coordinate is missing")
+    values = [row[c] for c in _CORNERS]
+    if not any(values):
+        return None
+    return _corners(*_numbers(values))
 
 
 def _boxes_csv(path: Path) -> BoxFile:
     columns, rows = _csv_rows(path, "boxes", "path,x0,y0,x1,y1")
-    missing = [c for c in ("x0", "y0", "x1", "y1") if c not in columns]
+    missing = [c for c in _CORNERS if c not in columns]
     if missing:
         raise UsageError(f"the boxes file {str(path)!r} needs the columns path,x0,y0,x1,y1 "
                          f"(missing: {', '.join(missing)})")
+    source = Path(path).name
     result = BoxFile(has_classes="class" in columns)
     ordinal: dict[str, int] = {}
-    for line, row in rows:
+    for line, row, fields in rows:
         key = relative_key(row.get("path", ""))
+        if not key and not any(row.values()):
+            continue  # a row of empty fields
+        if key:
+            result.listed.setdefault(key)
+            if any(row.get(c) for c in _CORNERS):
+                ordinal[key] = ordinal.get(key, 0) + 1
+        try:
+            if not key:
+                raise _Refused("no path", "no path: the row names no image")
+            box = _csv_box(row, fields, columns)
+        except _Refused as exc:
+            result.refuse(BoxProblem(source, f"line {line}", exc.kind, exc.reason, key or None))
+            continue
+        if box is not None:
+            result.add(key, BoxObject(box, row.get("object_id") or str(ordinal[key]),
+                                      row.get("class") if result.has_classes else None, f"{source} line {line}"))
+    return result
+
+
+def _coco_images(images: Sequence[Any], source: str, result: BoxFile) -> dict[Any, str]:
+    """``image id -> key`` of COCO ``images``; lists every named image in ``result`` and refuses unnamed entries."""
+    names: dict[Any, str] = {}
+    for number, image in enumerate(images):
+        key = relative_key(str(image.get("file_name") or "")) if isinstance(image, dict) else ""
         if not key:
+            result.refuse(BoxProblem(source, f"images[{number}]", "image entry without file_name",
+                                     f"{_json(image)} has no file_name; its annotations cannot be placed"))
             continue
         result.listed.setdefault(key)
-        values = [row.get(c) for c in ("x0", "y0", "x1", "y1")]
-        if not any(values):
-            continue  # an image without objects
-        ordinal[key] = ordinal.get(key, 0) + 1
-        box = _box_from_values(values)
-        where = f"{Path(path).name} line {line}"
-        if isinstance(box, str):
-            result.note(key, f"{where}: {box}; row ignored")
-        else:
-            result.add(key, BoxObject(box, row.get("object_id") or str(ordinal[key]),
-                                      row.get("class") if result.has_classes else None, where))
-    return result
+        if isinstance(image.get("id"), (int, str)):
+            names[image["id"]] = key
+    return names
+
+
+def _coco_box(ann: Any, key: str | None) -> Box:
+    """A COCO annotation's ``bbox = [x, y, w, h]`` as ``(x, y, x + w, y + h)``.
+
+    Raises:
+        _Refused: not a JSON object, no listed image (``key`` is ``None``), a bbox that is not four finite numbers,
+            a negative or zero width or height.
+    """
+    if not isinstance(ann, dict):
+        raise _Refused("not an annotation", f"not a JSON object ({_json(ann)})")
+    if key is None:
+        image_id = ann.get("image_id")
+        raise _Refused("unknown image", "no image_id" if image_id is None else
+                       f"image_id {_json(image_id)} is not the id of any entry of images")
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list) or len(bbox) != 4:
+        raise _Refused("bbox not [x, y, w, h]", f"bbox {_json(bbox)} is not [x, y, w, h]")
+    x, y, w, h = _numbers(bbox)
+    if w < 0 or h < 0:
+        raise _Refused("negative size", f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]: negative width or height")
+    return _corners(x, y, x + w, y + h)
+
+
+def _coco_category(ann: dict[str, Any], categories: dict[Any, str]) -> str | None:
+    """The annotation's class: named by ``categories``, else ``category_id`` as text when the file has none.
+
+    Raises:
+        _Refused: a ``category_id`` that the file's ``categories`` do not list (it would be read as a class index).
+    """
+    category = ann.get("category_id")
+    if category is None:
+        return None
+    if not categories:
+        return str(category)
+    try:
+        return categories[category]
+    except (KeyError, TypeError):
+        raise _Refused("unknown category", f"category_id {_json(category)} is not in categories") from None
 
 
 def _boxes_coco(path: Path) -> BoxFile:
@@ -311,52 +480,59 @@ def _boxes_coco(path: Path) -> BoxFile:
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise UsageError(f"the boxes file {str(path)!r} is not COCO JSON: it needs 'images' and 'annotations' lists")
-    names = {img.get("id"): relative_key(str(img.get("file_name", "")))
-             for img in data["images"] if isinstance(img, dict)}
-    categories = {c.get("id"): str(c.get("name", c.get("id"))) for c in data.get("categories") or []
-                  if isinstance(c, dict)}
+    source = Path(path).name
     result = BoxFile(has_classes=any(isinstance(a, dict) and "category_id" in a for a in data["annotations"]))
-    result.listed.update((key, None) for key in names.values() if key)
+    names = _coco_images(data["images"], source, result)
+    categories = {c["id"]: str(c.get("name", c["id"])) for c in data.get("categories") or []
+                  if isinstance(c, dict) and isinstance(c.get("id"), (int, str))}
     for number, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            continue
-        key = names.get(ann.get("image_id"))
-        if not key:
-            continue  # an annotation of an image the file does not list: nothing to attach it to
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            result.note(key, f"annotation {number}: bbox is not [x, y, w, h]; ignored")
-            continue
+        known = isinstance(ann, dict) and isinstance(ann.get("image_id"), (int, str))
+        key = names.get(ann["image_id"]) if known else None
+        ann_id = ann.get("id") if isinstance(ann, dict) else None
+        place = f"annotations[{number}]" + (f" (id {ann_id})" if ann_id is not None else "")
         try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
-            result.note(key, f"annotation {number}: bbox {bbox} is not numeric; ignored")
+            box = _coco_box(ann, key)
+            category = _coco_category(ann, categories)
+        except _Refused as exc:
+            result.refuse(BoxProblem(source, place, exc.kind, exc.reason, key))
             continue
-        box = _box_from_values([x, y, x + w, y + h])
-        if isinstance(box, str):
-            result.note(key, f"annotation {number}: {box}; ignored")
-        else:
-            result.add(key, _coco_object(box, ann, number, categories, Path(path).name))
+        assert key is not None  # _coco_box refuses an annotation of no listed image
+        object_id = str(ann_id) if ann_id is not None else str(number)
+        result.add(key, BoxObject(box, object_id, category, f"{source} {place}", bool(ann.get("iscrowd"))))
     return result
-
-
-def _coco_object(box: Box, ann: dict[str, Any], number: int, categories: dict[Any, str], source: str) -> BoxObject:
-    """A COCO annotation as a :class:`BoxObject` (category named by ``categories`` when it lists the id)."""
-    category = ann.get("category_id")
-    name = None if category is None else categories.get(category, str(category))
-    object_id = str(ann["id"]) if ann.get("id") is not None else str(number)
-    return BoxObject(box, object_id, name, f"{source} annotation {number}", bool(ann.get("iscrowd")))
 
 
 def parse_boxes(path: Path) -> BoxFile:
     """Read object boxes from a CSV (``path,x0,y0,x1,y1``) or a COCO JSON file (by suffix ``.json``).
 
-    Rows that are not a box (non-numeric, empty or inverted) become notes on their image and are ignored.
+    Rows and annotations that are not a box are refused (see the module docstring): each is a
+    :class:`BoxProblem` in :attr:`BoxFile.problems` (and a note on its image), the rest of the file is used.
 
     Raises:
         UsageError: unreadable file, missing columns, or a JSON file that is not COCO.
     """
     return _boxes_coco(path) if Path(path).suffix.lower() == ".json" else _boxes_csv(path)
+
+
+def box_warnings(problems: Sequence[BoxProblem], limit: int = SHOWN_PER_KIND) -> list[str]:
+    """Warning lines for refused box rows, readable however many there are.
+
+    Each kind of problem gets its first ``limit`` rows one per line (``"gt.csv line 3: not four numbers (a, b, c, d);
+    ignored"``) and, if there are more, one line ``"gt.csv: and K more row(s) ignored for the same reason (not
+    numeric): line 9, line 10, ..."`` (its first ``limit`` places).
+    """
+    by_kind: dict[str, list[BoxProblem]] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.kind, []).append(problem)
+    lines: list[str] = []
+    for kind, alike in by_kind.items():
+        lines += [str(p) for p in alike[:limit]]
+        rest = alike[limit:]
+        if rest:
+            places = ", ".join(p.place for p in rest[:limit]) + (", ..." if len(rest) > limit else "")
+            lines.append(f"{rest[0].source}: and {len(rest)} more row(s) ignored for the same reason ({kind}): "
+                         f"{places}")
+    return lines
 
 
 def parse_groups(path: Path, per_object: bool = False) -> GroupFile:
@@ -377,7 +553,7 @@ def parse_groups(path: Path, per_object: bool = False) -> GroupFile:
         raise UsageError(f"the groups file {str(path)!r} has no group column: it needs path,group "
                          "(or path plus several attribute columns)")
     result = GroupFile(columns=attributes)
-    for _, row in rows:
+    for _, row, _ in rows:
         key = relative_key(row.get("path", ""))
         if not key:
             continue
@@ -419,6 +595,10 @@ def load_audit_inputs(
     ``labels`` (the detection audit) the boxes file plays that part: the images it lists are audited (with or
     without objects) and its groups file may hold per-object rows (an ``object_id`` column).
 
+    Box rows that were refused (:attr:`BoxFile.problems`) become warnings (:func:`box_warnings`); the image is still
+    audited, without those boxes. Without ``labels`` a refused row naming an audited image is left out of the
+    warnings: the detection audit reports it as an error of that image.
+
     Raises:
         UsageError: DATASET is not a folder, a file cannot be read, neither labels nor boxes are given, or nothing
             at all can be audited.
@@ -453,6 +633,10 @@ def load_audit_inputs(
         stray = sorted(set(box_file.boxes) - audited)
         if stray:
             warnings.append(_unmatched("box", Path(boxes).name, stray))
+    # A detection audit makes a refused row of an audited image an error of that image
+    # (explain.audit_detection.resolve_ground_truth reads BoxFile.notes): warn here about the others only.
+    reported_later = audited if label_file is None else set()
+    warnings += box_warnings([p for p in box_file.problems if p.key not in reported_later])
     if groups is not None:
         warnings += _group_warnings(group_file, keys, Path(groups).name)
     if not keys:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from explain.audit_inputs import (
-    NO_GROUP, boxes_to_input, load_audit_inputs, parse_boxes, parse_groups, parse_labels,
+    NO_GROUP, box_warnings, boxes_to_input, load_audit_inputs, parse_boxes, parse_groups, parse_labels,
 )
 from explain.backbones.base import Geometry, Preprocess
 from explain.errors import UsageError
@@ -168,3 +168,159 @@ def test_a_groups_file_that_matches_nothing_says_how_paths_must_look(tmp_path: P
     inputs = load_audit_inputs(root, labels, NAMES, groups=groups)
     assert any("no row of g.csv names an audited image" in w and "'cats/chelsea.png'" in w for w in inputs.warnings)
     assert inputs.group_of("cats/chelsea.png") == {"colour": NO_GROUP}
+
+
+# --- malformed ground-truth boxes: refused with file, line and reason, never dropped silently -----------------------
+def _problems(boxes) -> dict[str, tuple[str, str]]:
+    return {p.place: (p.kind, p.reason) for p in boxes.problems}
+
+
+def test_malformed_csv_box_rows_are_refused_with_line_and_reason_and_good_rows_load(tmp_path: Path) -> None:
+    text = ("path,x0,y0,x1,y1,class,object_id\n"
+            "a.jpg,1,2,3,4,cat,\n"            # line 2: good
+            "a.jpg,a,b,c,d,cat,\n"            # line 3: not numbers
+            "a.jpg,1,2,3\n"                   # line 4: a coordinate missing
+            "a.jpg,nan,0,inf,10,cat,\n"       # line 5: non-finite
+            "b.jpg,100,100,10,10,dog,\n"      # line 6: inverted (refused, not swapped)
+            "b.jpg,5,5,5,9,dog,\n"            # line 7: zero width
+            ",1,2,3,4,dog,\n"                 # line 8: no path
+            "b.jpg,1,2,3,4,dog,7,extra\n"     # line 9: one field too many
+            "c.jpg,,,,,,\n"                   # line 10: an image without objects (not a problem)
+            "a.jpg,10,10,20,30\n"             # line 11: good, short row ending after the coordinates
+            ",,,,,,\n")                       # line 12: an empty row (skipped, not a problem)
+    boxes = parse_boxes(write(tmp_path / "gt.csv", text))
+    assert boxes.boxes == {"a.jpg": [(1.0, 2.0, 3.0, 4.0), (10.0, 10.0, 20.0, 30.0)]}
+    # The row ordinal counts the refused rows too, so ids do not shift when a bad row is fixed.
+    assert [(o.object_id, o.category, o.where) for o in boxes.objects["a.jpg"]] == [
+        ("1", "cat", "gt.csv line 2"), ("5", "", "gt.csv line 11")]
+    assert list(boxes.listed) == ["a.jpg", "b.jpg", "c.jpg"]
+    problems = _problems(boxes)
+    assert list(problems) == [f"line {n}" for n in (3, 4, 5, 6, 7, 8, 9)]
+    assert problems["line 3"] == ("not numeric", "not four numbers (a, b, c, d)")
+    assert problems["line 4"][0] == "wrong number of fields" and "only 4 field(s)" in problems["line 4"][1] \
+        and "has 7" in problems["line 4"][1] and "coordinate is missing" in problems["line 4"][1]
+    assert problems["line 5"] == ("non-finite coordinates", "non-finite coordinate(s) (nan, 0, inf, 10)")
+    assert problems["line 6"][0] == "inverted box" and "(100, 100, 10, 10)" in problems["line 6"][1] \
+        and "x1 < x0 and y1 < y0" in problems["line 6"][1] and "not swapped" in problems["line 6"][1]
+    assert problems["line 7"][0] == "empty box" and "zero width or height" in problems["line 7"][1]
+    assert problems["line 8"] == ("no path", "no path: the row names no image")
+    assert problems["line 9"][0] == "wrong number of fields" and "8 fields" in problems["line 9"][1]
+    assert {p.place: p.key for p in boxes.problems}["line 8"] is None
+    # Every refused row that names an image is also a note on that image, with file and line.
+    assert boxes.notes["b.jpg"][0].startswith("gt.csv line 6: empty box (100, 100, 10, 10): inverted")
+    assert boxes.notes["b.jpg"][0].endswith("; ignored") and len(boxes.notes["a.jpg"]) == 3
+
+
+def test_malformed_coco_annotations_are_refused_with_position_id_and_reason(tmp_path: Path) -> None:
+    coco = {"images": [{"id": 1, "file_name": "a.jpg"}, {"file_name": "no_id.jpg"}, {"id": 3}, "junk"],
+            "categories": [{"id": 7, "name": "cat"}],
+            "annotations": [{"id": 10, "image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 7},  # good
+                            {"id": 11, "image_id": 1, "bbox": [1, 2]},
+                            {"id": 12, "image_id": 1, "bbox": [0, 0, -3, 4]},
+                            {"id": 13, "image_id": 1, "bbox": [0, 0, 3, -4]},
+                            {"id": 14, "image_id": 99, "bbox": [0, 0, 1, 1]},
+                            {"id": 15, "bbox": [0, 0, 1, 1]},
+                            "junk",
+                            {"id": 17, "image_id": 1, "bbox": ["a", 0, 1, 1]},
+                            {"id": 18, "image_id": 1, "bbox": [float("nan"), 0, 1, 1]},
+                            {"id": 19, "image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 8},
+                            {"image_id": 1, "bbox": [5, 5, 0, 2]},
+                            {"id": 21, "image_id": 1, "bbox": [True, 0, 1, 1]}]}
+    boxes = parse_boxes(write(tmp_path / "gt.json", json.dumps(coco)))
+    assert boxes.boxes == {"a.jpg": [(1.0, 2.0, 4.0, 6.0)]}
+    assert [(o.object_id, o.category, o.where) for o in boxes.objects["a.jpg"]] == [
+        ("10", "cat", "gt.json annotations[0] (id 10)")]
+    assert list(boxes.listed) == ["a.jpg", "no_id.jpg"]
+    problems = _problems(boxes)
+    assert problems["images[2]"] == ("image entry without file_name",
+                                     '{"id": 3} has no file_name; its annotations cannot be placed')
+    assert problems["images[3]"][0] == "image entry without file_name"
+    assert problems["annotations[1] (id 11)"] == ("bbox not [x, y, w, h]", "bbox [1, 2] is not [x, y, w, h]")
+    assert problems["annotations[2] (id 12)"] == ("negative size", "bbox [0, 0, -3, 4]: negative width or height")
+    assert problems["annotations[3] (id 13)"][0] == "negative size"
+    assert problems["annotations[4] (id 14)"] == ("unknown image",
+                                                  "image_id 99 is not the id of any entry of images")
+    # No image_id must not match the image entry that has no id either.
+    assert problems["annotations[5] (id 15)"] == ("unknown image", "no image_id")
+    assert problems["annotations[6]"] == ("not an annotation", 'not a JSON object ("junk")')
+    assert problems["annotations[7] (id 17)"] == ("not numeric", "not four numbers (a, 0, 1, 1)")
+    assert problems["annotations[8] (id 18)"][0] == "non-finite coordinates"
+    assert problems["annotations[9] (id 19)"] == ("unknown category", "category_id 8 is not in categories")
+    assert problems["annotations[10]"][0] == "empty box"
+    assert problems["annotations[11] (id 21)"][0] == "not numeric"  # JSON true is not a coordinate
+    assert len(problems) == 13
+    keys = {p.place: p.key for p in boxes.problems}
+    assert keys["annotations[4] (id 14)"] is None and keys["annotations[6]"] is None
+    assert keys["annotations[1] (id 11)"] == "a.jpg" and len(boxes.notes["a.jpg"]) == 8
+
+
+def test_box_warnings_list_a_few_of_each_kind_and_count_the_rest(tmp_path: Path) -> None:
+    rows = "".join(f"a.jpg,x{i},0,1,1\n" for i in range(8)) + "a.jpg,9,9,1,1\n"
+    boxes = parse_boxes(write(tmp_path / "gt.csv", "path,x0,y0,x1,y1\n" + rows))
+    lines = box_warnings(boxes.problems, limit=3)
+    assert lines[:3] == [f"gt.csv line {n}: not four numbers (x{n - 2}, 0, 1, 1); ignored" for n in (2, 3, 4)]
+    assert lines[3] == ("gt.csv: and 5 more row(s) ignored for the same reason (not numeric): "
+                        "line 5, line 6, line 7, ...")
+    assert len(lines) == 5 and lines[4].startswith("gt.csv line 10: empty box (9, 9, 1, 1): inverted")
+    assert len(box_warnings(boxes.problems)) == 5 + 1 + 1  # the default: five shown, then "and 3 more"
+    assert box_warnings([]) == []
+
+
+def test_classifier_audit_inputs_warn_about_every_refused_box_row(tmp_path: Path, samples: Path) -> None:
+    root = _dataset(tmp_path, samples)
+    labels = write(tmp_path / "l.csv", "path,class_index\ncats/chelsea.png,1\nrocket.jpg,2\n")
+    boxes = write(tmp_path / "b.csv", "path,x0,y0,x1,y1\ncats/chelsea.png,a,b,c,d\ncats/chelsea.png,1,2,3\n"
+                                      "rocket.jpg,nan,0,inf,10\nrocket.jpg,100,100,10,10\nrocket.jpg,5,6,70,80\n"
+                                      "cats/coffee.png,x,0,1,1\n")
+    inputs = load_audit_inputs(root, labels, NAMES, boxes)
+    assert inputs.keys == ["cats/chelsea.png", "rocket.jpg"]  # both still audited
+    assert inputs.boxes.boxes == {"rocket.jpg": [(5.0, 6.0, 70.0, 80.0)]}
+    assert inputs.errors == []
+    refused = [w for w in inputs.warnings if w.startswith("b.csv line")]
+    # Grouped by kind (in order of first appearance), in file order within a kind.
+    assert [w.split(":")[0] for w in refused] == ["b.csv line 2", "b.csv line 7", "b.csv line 3", "b.csv line 4",
+                                                  "b.csv line 5"]
+    assert "b.csv line 2: not four numbers (a, b, c, d); ignored" in refused
+    assert "b.csv line 7: not four numbers (x, 0, 1, 1); ignored" in refused  # an image not audited: still said
+
+
+def test_detection_audit_inputs_leave_rows_of_audited_images_to_the_per_image_errors(tmp_path: Path,
+                                                                                    samples: Path) -> None:
+    from explain.audit_detection import resolve_ground_truth
+
+    root = _dataset(tmp_path, samples)
+    coco = {"images": [{"id": 1, "file_name": "rocket.jpg"}],
+            "annotations": [{"id": 5, "image_id": 1, "bbox": [1, 2]}, {"id": 6, "image_id": 42, "bbox": [0, 0, 1, 1]},
+                            {"id": 7, "image_id": 1, "bbox": [0, 0, 9, 9]}]}
+    inputs = load_audit_inputs(root, None, NAMES, write(tmp_path / "gt.json", json.dumps(coco)))
+    assert inputs.keys == ["rocket.jpg"] and inputs.boxes.boxes == {"rocket.jpg": [(0.0, 0.0, 9.0, 9.0)]}
+    text = " | ".join(inputs.warnings)
+    assert "gt.json annotations[1] (id 6): image_id 42 is not the id of any entry of images; ignored" in text
+    assert "annotations[0]" not in text  # said once, as an error of rocket.jpg, not twice:
+    _, errors = resolve_ground_truth(inputs.boxes, NAMES)
+    assert [(e.path, e.reason) for e in errors] == [
+        ("rocket.jpg", "gt.json annotations[0] (id 5): bbox [1, 2] is not [x, y, w, h]; ignored")]
+
+
+def test_audit_cli_warns_about_malformed_boxes_and_goes_on(tmp_path: Path, samples: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "chelsea.png").write_bytes((samples / "chelsea.png").read_bytes())
+    labels = write(tmp_path / "l.csv", "path,class_name\nchelsea.png,tabby\n")
+    boxes = write(tmp_path / "b.csv", "path,x0,y0,x1,y1\nchelsea.png,a,b,c,d\nchelsea.png,1,2,3\n"
+                                      "chelsea.png,100,100,10,10\nchelsea.png,100,20,300,280\n")
+    result = CliRunner().invoke(app, ["audit", str(root), "--labels", str(labels), "--boxes", str(boxes), "--out",
+                                      str(tmp_path / "out"), "--steps", "2", "--shift", "0", "--sanity", "0",
+                                      "--worst", "1", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warning: b.csv line 2: not four numbers (a, b, c, d); ignored" in result.output
+    assert "warning: b.csv line 3: only 4 field(s)" in result.output
+    assert "warning: b.csv line 4: empty box (100, 100, 10, 10): inverted" in result.output
+    record = json.loads((tmp_path / "out" / "images.jsonl").read_text().splitlines()[0])
+    assert record["box_status"] == "ok" and record["energy_in_box"] is not None  # the good row was used
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sum("b.csv line" in w for w in manifest["warnings"]) == 3
