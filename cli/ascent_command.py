@@ -86,6 +86,7 @@ def ascent(
     """Gradient ascent: images that maximise classes, channels or neurons (Fourier parameterisation by default)."""
     from explain.ascent import AscentConfig
     from explain.ascent_run import AscentOptions, resolve_ascent_options, run_ascent
+    from explain.manifest import begin_output, check_output_folder
 
     config = AscentConfig(
         param=param.lower(), decorrelate=decorrelate, spectrum_power=spectrum_power, steps=steps, lr=lr, size=size,
@@ -94,12 +95,13 @@ def ascent(
         early_stop=early_stop, patience=patience, snapshots=snapshots,
     )
     config.resolved()  # bad numbers fail before the model loads
+    out = check_output_folder(run.out)
     backbone, _ = model_options.load()
     opts = AscentOptions(targets=list(target or []), logprob=logprob, channels=list(channel or []),
                          neurons=list(neuron or []), objectives=list(objective or []), config=config,
                          fmt=fmt.lower())
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
-    out = run.out
+    begin_output(out)
     with progress_bar(steps, "ascent", run.quiet) as advance:
         manifest, _ = run_ascent(backbone, opts, out, seed=model_options.seed, argv=["cnn-explain", *sys.argv[1:]],
                                  on_step=lambda info: advance(1))

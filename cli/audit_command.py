@@ -90,6 +90,7 @@ def audit(
     from explain.audit_inputs import load_audit_inputs
     from explain.detection.models import task_of
     from explain.errors import UsageError
+    from explain.manifest import check_output_folder
 
     wanted = _check_task(task)
     if wanted is not None:
@@ -100,6 +101,7 @@ def audit(
                             steps=steps, seed=model_options.seed, randomisation=randomisation.strip().lower(),
                             cascade=cascade, worst=worst, restart=restart)
         opts.check()
+    check_output_folder(run.out)  # before the (slow) model load
     name = model_options.model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
     backbone, torch_device = dataclasses.replace(model_options, model=name).load()
     kind = task_of(backbone)
@@ -118,8 +120,10 @@ def audit(
         return
     assert opts is not None and labels is not None  # _check_ground_truth: a classifier audit has labels
     from explain.metrics import cascade_length
+    from explain.modules import resolve_layer
 
-    inputs = load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups)
+    resolve_layer(backbone.model, layer or backbone.default_layer)  # the last usage check before any work
+    inputs = load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups, exclude=(out,))
     sanity_steps = cascade_length(backbone.model, cascade) if sanity and inputs.files else 0
     with progress_bar(len(inputs.files) + sanity_steps, "audit", quiet) as advance:
         result = run_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
@@ -162,7 +166,7 @@ def _audit_detection(backbone: Backbone, dataset: Path, opts: DetectionAuditOpti
     from explain.audit_inputs import load_audit_inputs
 
     check_detector(backbone, opts)
-    inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups)
+    inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups, exclude=(out,))
     with progress_bar(len(inputs.files), "audit", quiet) as advance:
         result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
     for warning in result.manifest.warnings:

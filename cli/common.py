@@ -44,7 +44,9 @@ TrustOpt = Annotated[bool, typer.Option(
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | mps (an unavailable device is an error).")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Processes decoding images in parallel with the model.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed (random weights, sampling).")]
+SEED_MAX = 2**32 - 1
+"""Largest ``--seed``: NumPy's seeds are 32-bit (torch would take 64 bits, NumPy refuses them)."""
+SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (random weights, sampling).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no informational output.")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
@@ -239,11 +241,17 @@ def model_command(
     return decorate
 
 
-def collect_images(inputs: Sequence[str]) -> tuple[list[ImageFile], list[InputError]]:
-    """Find the image files among ``inputs``; fail with exit 2 when there is nothing to work on."""
+def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list[ImageFile], list[InputError]]:
+    """Find the image files among ``inputs``; fail with exit 2 when there is nothing to work on.
+
+    Args:
+        inputs: the IMAGES argument.
+        out: the run's output folder: folder walks do not enter it, so a previous run's outputs written inside an
+            input folder are not read back as inputs (it is still walked when named explicitly).
+    """
     from explain.images import find_images
 
-    files, errors = find_images(inputs)
+    files, errors = find_images(inputs, exclude=() if out is None else (out,))
     if not files and not errors:
         raise UsageError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .webp .bmp .tif .gif)")
     return files, errors
@@ -284,8 +292,9 @@ def run_image_command(
     summarize: Callable[[Manifest], None] | None = None,
     summary_is_result: bool = False,
 ) -> None:
-    """The body every image command shares: find inputs, load the model, check options, run with a progress bar,
-    report, write the manifest last and exit with the right code.
+    """The body every image command shares: find inputs, check the output folder, load the model, check options,
+    start the output folder (:func:`explain.manifest.begin_output`), run with a progress bar, report, write the
+    manifest last and exit with the right code.
 
     Args:
         images: the IMAGES argument.
@@ -298,12 +307,17 @@ def run_image_command(
         summarize: prints the human summary of a finished run.
         summary_is_result: the summary is the command's result (predict's tables), so ``--quiet`` keeps it.
     """
+    from explain.manifest import begin_output, check_output_folder
     from explain.run import RunSettings
 
-    files, find_errors = collect_images(images)
+    files, find_errors = collect_images(images, run.out)
+    if run.out is not None:
+        check_output_folder(run.out)  # before the (slow) model load
     backbone, device = model_options.load()
     if prepare is not None:
         prepare(backbone)
+    if run.out is not None:
+        begin_output(run.out)  # every option is checked: the previous run's manifest goes, the outputs come
     with progress_bar(len(files), label, run.quiet) as advance:
         settings = RunSettings(batch_size=run.batch_size, device=device, workers=run.workers,
                                argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)

@@ -50,12 +50,14 @@ def filters(
     """Filter grids of a convolution (the first one by default): first-layer filters as colour images, deeper ones as
     kernels, weight matrices or kernel-norm matrices. Weights, drawn values and figures are written to --out."""
     from explain.filters_run import FilterOptions, build_filter_grids, run_filters
+    from explain.manifest import begin_output, check_output_folder
 
     opts = FilterOptions(layers=list(layer or []), view=view.lower(), norm=norm.lower(), sort=sort.lower(),
                          channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower())
+    out = check_output_folder(run.out)  # before the model load
     backbone, _ = model_options.load()
     build_filter_grids(backbone, opts)  # every option checked before anything is written
-    out = run.out
+    begin_output(out)
     manifest = run_filters(backbone, opts, out, argv=["cnn-explain", *sys.argv[1:]])
     if not run.as_json and not run.quiet:
         from rich.table import Table

@@ -359,7 +359,8 @@ def run_audit(
     layer = opts.layer or backbone.default_layer
     resolve_layer(backbone.model, layer)
     if inputs is None:
-        inputs = load_audit_inputs(dataset, opts.labels, backbone.class_names, opts.boxes, opts.groups)
+        inputs = load_audit_inputs(dataset, opts.labels, backbone.class_names, opts.boxes, opts.groups,
+                                   exclude=(out,))
     factory = task_factory or classification_task
     task = factory(backbone, inputs, dataclasses.replace(opts, layer=layer), settings.device)
     config = run_config(task, backbone, inputs, opts, settings.batch_size)
@@ -375,7 +376,10 @@ def run_journaled(task: AuditTask, backbone: Backbone, inputs: AuditInputs, conf
     Raises:
         JournalMismatchError: ``out`` holds the journal of another configuration (and not ``restart``).
     """
+    from explain.manifest import begin_output
+
     journal = Journal(out / JOURNAL, config, restart)
+    begin_output(out)  # a resumed or restarted run is not the previous complete run until its manifest is written
     backbone.model.to(settings.device)
     preprocess = task.input_preprocess(backbone.preprocess)
     _run_batches(task, inputs, journal, preprocess, settings)

@@ -683,7 +683,7 @@ def run_detection_audit(
     layer = check_detector(backbone, opts)
     out = Path(out)
     if inputs is None:
-        inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups)
+        inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups, exclude=(out,))
     truth, errors = resolve_ground_truth(inputs.boxes, backbone.class_names)
     audited = set(inputs.keys)
     inputs.errors.extend(e for e in errors if e.path in audited)

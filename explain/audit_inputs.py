@@ -587,8 +587,12 @@ def load_audit_inputs(
     class_names: Sequence[str],
     boxes: str | Path | None = None,
     groups: str | Path | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> AuditInputs:
     """List DATASET, read the labels, boxes and groups, and match them up.
+
+    Folders in ``exclude`` (the audit's own output folder) are not walked into, so a re-run never audits its own
+    overlays.
 
     The audited images are the image files under ``dataset`` that have a valid label; a labels row for a file that
     is not there is an error for that path; image files without a label are skipped with one warning. Without
@@ -616,7 +620,7 @@ def load_audit_inputs(
     # What defines the audited images: the labels, or (detection) the images the boxes file lists.
     listing: dict[str, Any] = label_file.labels if label_file is not None else box_file.listed
     source = label_file.source if label_file is not None else Path(str(boxes)).name
-    found, find_errors = find_images([root])
+    found, find_errors = find_images([root], exclude=exclude)
     by_key = {_key_of(f, root): f for f in found}
     errors = list(find_errors) + (list(label_file.errors) if label_file is not None else [])
     warnings: list[str] = []

@@ -4,7 +4,8 @@ Two steps, both of which report a bad input as an :class:`~explain.errors.InputE
 with the next file) and never print, warn or exit:
 
 * :func:`find_images` turns the ``IMAGES...`` arguments of a command (any mix of files and folders) into an ordered,
-  de-duplicated list of :class:`ImageFile`.
+  de-duplicated list of :class:`ImageFile`, leaving out the folders it is told to (a run's own output folder) and
+  reporting image-named entries that are not readable files (broken links, link loops, pipes, devices).
 * :func:`load_image` reads one file and returns a :class:`LoadedImage`: an RGB ``PIL.Image`` that is ready for a
   model, the SHA-256 of the file and notes on every non-trivial conversion that was made.
 
@@ -44,13 +45,14 @@ Warnings that PIL emits while reading a file (for example about odd EXIF data) a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,12 +140,91 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_folder(folder: Path, display: Path, errors: list[InputError]) -> Iterator[ImageFile]:
-    """Yield the image files below ``folder`` in sorted order; unreadable sub-folders are added to ``errors``.
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+_FileKey = tuple[int, int]
+"""``(st_dev, st_ino)``: the identity of a folder, whatever the spelling of its path."""
+
+
+def _folder_keys(folders: Iterable[str | Path]) -> frozenset[_FileKey]:
+    """The identities of the existing folders among ``folders`` (missing ones cannot be met in a walk)."""
+    keys: set[_FileKey] = set()
+    for folder in folders:
+        try:
+            info = os.stat(folder)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            keys.add((info.st_dev, info.st_ino))
+    return frozenset(keys)
+
+
+def _is_excluded(path: Path, exclude: frozenset[_FileKey]) -> bool:
+    if not exclude:
+        return False
+    try:
+        info = os.stat(path)
+    except OSError:  # pragma: no cover - vanished between listing and stat
+        return False
+    return (info.st_dev, info.st_ino) in exclude
+
+
+def _stat_path(path: Path) -> tuple[int | None, str]:
+    """The mode of what ``path`` leads to (following symbolic links), or ``None`` and the reason it cannot be used.
+
+    The reasons are the ones an input gets both when it is named explicitly and when a folder walk meets it.
+    """
+    try:
+        return path.stat().st_mode, ""
+    except FileNotFoundError:
+        if path.is_symlink():
+            return None, "broken symbolic link: no such file or folder at its target"
+        return None, "no such file or folder"
+    except NotADirectoryError:
+        return None, "no such file or folder (a parent is not a folder)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "symbolic link loop (too many levels of symbolic links)"
+        return None, f"cannot access: {exc.strerror or exc}"
+
+
+def _not_regular_reason(mode: int) -> str:
+    """The reason for something that exists but is neither a regular file nor a folder."""
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "of an unknown kind")
+    return f"not a regular file or folder ({kind})"
+
+
+def _odd_entry(path: Path) -> tuple[bool, str | None]:
+    """An image-named folder entry that is not plainly a regular file: ``(is_file, reason_to_report)``.
+
+    A symbolic link to a regular file is a file; a symbolic link to a folder is silently not followed (as for any
+    folder link); a broken link, a link loop, a named pipe or a device is reported with the explicit case's reason.
+    """
+    mode, reason = _stat_path(path)
+    if mode is None:
+        return False, reason
+    if stat.S_ISREG(mode):
+        return True, None
+    if stat.S_ISDIR(mode):
+        return False, None
+    return False, _not_regular_reason(mode)
+
+
+def _walk_folder(
+    folder: Path, display: Path, errors: list[InputError], exclude: frozenset[_FileKey] = frozenset()
+) -> Iterator[ImageFile]:
+    """Yield the image files below ``folder`` in sorted order; unreadable sub-folders and image-named entries that
+    cannot be read as files are added to ``errors``.
 
     Entries are sorted by name within each folder and a sub-folder's files come at the position of the
     sub-folder's name, so the order is that of the sorted relative paths compared component by component.
-    Hidden files and folders (names starting with ``.``) are skipped; symbolic links to folders are not followed.
+    Hidden files and folders (names starting with ``.``), names without an image extension, symbolic links to
+    folders and the folders in ``exclude`` are skipped silently. Because folder links are never followed, a walk
+    cannot loop.
     """
     try:
         with os.scandir(folder) as scan:
@@ -154,15 +235,27 @@ def _walk_folder(folder: Path, display: Path, errors: list[InputError]) -> Itera
     for entry in entries:
         if _is_hidden(entry.name):
             continue
+        path, shown = folder / entry.name, display / entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
-            is_file = entry.is_file()
         except OSError:  # pragma: no cover - vanished or unreadable between listing and stat
             continue
         if is_dir:
-            yield from _walk_folder(folder / entry.name, display / entry.name, errors)
-        elif is_file and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-            yield ImageFile(path=folder / entry.name, display=(display / entry.name).as_posix())
+            if not _is_excluded(path, exclude):
+                yield from _walk_folder(path, shown, errors, exclude)
+            continue
+        if not _is_image_name(entry.name):
+            continue
+        try:
+            is_file, reason = entry.is_file(), None
+        except OSError:  # a symbolic link loop, say: _odd_entry names it
+            is_file = False
+        if not is_file:
+            is_file, reason = _odd_entry(path)
+        if is_file:
+            yield ImageFile(path=path, display=shown.as_posix())
+        elif reason is not None:
+            errors.append(InputError(shown.as_posix(), reason))
 
 
 def _identity(path: Path) -> str:
@@ -173,29 +266,42 @@ def _identity(path: Path) -> str:
         return os.path.normcase(os.path.abspath(path))
 
 
-def find_images(inputs: Sequence[str | Path]) -> tuple[list[ImageFile], list[InputError]]:
+def find_images(
+    inputs: Sequence[str | Path], exclude: Iterable[str | Path] = ()
+) -> tuple[list[ImageFile], list[InputError]]:
     """Expand files and folders into the list of image files to process.
 
     Folders are walked recursively in sorted order (see below) and contribute only files whose extension is in
     :data:`IMAGE_EXTENSIONS` (compared case-insensitively); hidden files and folders (names starting with ``.``)
-    inside them are skipped and symbolic links to folders are not followed. A file named explicitly is always
-    included, whatever its extension, so that :func:`load_image` can say what is wrong with it. The same file
-    reached twice (named twice, or also found in a folder) is kept once, at its first occurrence.
+    inside them are skipped and symbolic links to folders are not followed (so a walk never loops). An image-named
+    entry that cannot be read as a file (a broken symbolic link, a link loop, a named pipe, a device) is reported
+    as an error with the same reason it gets when named explicitly. A file named explicitly is always included,
+    whatever its extension, so that :func:`load_image` can say what is wrong with it. The same file reached twice
+    (named twice, or also found in a folder) is kept once, at its first occurrence.
+
+    ``exclude`` names folders a walk must not enter, typically the run's output folder: without it, outputs
+    written inside an input folder would be read back as inputs on the next run. Folders are compared by identity
+    (device and inode), so any spelling of the path, or a symbolic link to it, matches. Like hidden folders, an
+    excluded folder is still walked when it is named explicitly in ``inputs`` (the user asked for it), and so is an
+    input folder inside an excluded one; only sub-folders met during a walk are left out.
 
     Order: the inputs in the order given; within a folder, paths relative to it sorted component by component by
     plain string comparison (so ``B.jpg`` < ``a.jpg``, and the files of sub-folder ``a`` come before ``a.jpg``).
 
     Args:
         inputs: Paths of files and folders, as the user gave them.
+        exclude: Folders to leave out of folder walks (missing ones are ignored).
 
     Returns:
         The image files in order, and one :class:`InputError` per input that does not exist (reason
-        ``"no such file or folder"``), is neither a file nor a folder, or per folder that cannot be read. An empty
-        folder contributes nothing and no error; whether that is a problem is for the caller to decide.
+        ``"no such file or folder"``), is a broken symbolic link or a link loop, is neither a file nor a folder, or
+        per folder that cannot be read. An empty folder contributes nothing and no error; whether that is a problem
+        is for the caller to decide.
     """
     found: list[ImageFile] = []
     errors: list[InputError] = []
     seen: set[str] = set()
+    skip = _folder_keys(exclude)
 
     def add(item: ImageFile) -> None:
         key = _identity(item.path)
@@ -206,24 +312,16 @@ def find_images(inputs: Sequence[str | Path]) -> tuple[list[ImageFile], list[Inp
     for given in inputs:
         path = Path(given)
         display = path.as_posix()
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            errors.append(InputError(display, "no such file or folder"))
-            continue
-        except NotADirectoryError:
-            errors.append(InputError(display, "no such file or folder (a parent is not a folder)"))
-            continue
-        except OSError as exc:
-            errors.append(InputError(display, f"cannot access: {exc.strerror or exc}"))
-            continue
-        if stat.S_ISDIR(mode):
-            for item in _walk_folder(path, path, errors):
+        mode, reason = _stat_path(path)
+        if mode is None:
+            errors.append(InputError(display, reason))
+        elif stat.S_ISDIR(mode):
+            for item in _walk_folder(path, path, errors, skip):
                 add(item)
         elif stat.S_ISREG(mode):
             add(ImageFile(path=path, display=display))
         else:
-            errors.append(InputError(display, "not a regular file or folder"))
+            errors.append(InputError(display, _not_regular_reason(mode)))
     return found, errors
 
 

@@ -2,6 +2,16 @@
 
 A manifest is written last, so its presence means the run completed. Scripts find outputs through it, never by
 guessing file names. Schema (version 1) in DESIGN.md.
+
+An output folder is used in two steps:
+
+1. :func:`check_output_folder`, early (before a model is loaded): fails with a clear :class:`UsageError` when the
+   folder cannot be created or written, and leaves no trace on disk.
+2. :func:`begin_output`, once every option has been checked and right before the first output file is written:
+   creates the folder and removes the ``manifest.json`` of a previous run there. Files of the new run overwrite
+   those of the old one, so an old manifest left beside them would describe files that have changed; without it, an
+   interrupted re-run leaves no manifest at all, which is what "incomplete" means. A usage error found before this
+   step (an unknown layer, say) therefore never costs a previous good run its manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from explain.errors import UsageError
+
 SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
 
 
 def _file_mode() -> int:
@@ -70,6 +83,105 @@ def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
     # Light PNG compression: level 1 files are ~15% larger than level 6 and several times faster to write.
     extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
     return atomic_write(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, **extra))
+
+
+def _folder_reason(exc: OSError) -> str:
+    """A short reason for a failed ``mkdir`` of an output folder."""
+    if isinstance(exc, FileExistsError):
+        return "a file (or a broken symbolic link) of that name is in the way"
+    if isinstance(exc, NotADirectoryError):
+        return "a part of the path is a file, not a folder"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _folder_error(out: Path, exc: OSError) -> UsageError:
+    return UsageError(f"cannot create output folder {out}: {_folder_reason(exc)}")
+
+
+def _check_existing(out: Path) -> bool:
+    """``True`` if ``out`` exists (and is a writable folder); ``False`` if nothing is there; else a UsageError."""
+    if not os.path.lexists(out):
+        return False
+    if not out.is_dir():
+        what = "a broken symbolic link" if out.is_symlink() and not out.exists() else "an existing file"
+        raise UsageError(f"cannot create output folder {out}: it is {what}")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to output folder {out}: permission denied")
+    return True
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """Fail early, with one clear message, if ``out`` cannot be used as an output folder; change nothing on disk.
+
+    An existing ``out`` must be a writable folder. A missing one is probed by creating it (and any missing parents)
+    and removing again what was created, which catches every reason ``mkdir`` can fail (a parent that is a file,
+    no permission, a read-only or pseudo file system such as ``/proc``) before a model is loaded.
+
+    Args:
+        out: the output folder.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UsageError: ``"cannot create output folder OUT: reason"`` (or ``"cannot write to output folder OUT: ..."``).
+    """
+    out = Path(out)
+    if _check_existing(out):
+        return out
+    missing: list[Path] = []
+    folder = out
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+    except OSError as exc:
+        raise _folder_error(out, exc) from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:  # pragma: no cover - someone put a file there meanwhile: leave it
+                break
+    return out
+
+
+def begin_output(out: str | Path) -> Path:
+    """Start writing a run into ``out``: create the folder and remove the previous run's ``manifest.json``.
+
+    Call it after every option has been checked and right before the first output file is written (see the module
+    docstring for why). Other files of a previous run are left alone: the new run overwrites what it writes again,
+    and only the new manifest (written last) says which files belong to it.
+
+    Args:
+        out: the output folder.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UsageError: the folder cannot be created or written, or the old manifest cannot be removed.
+    """
+    out = Path(out)
+    if not _check_existing(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _folder_error(out, exc) from None
+    manifest = out / MANIFEST_NAME
+    try:
+        manifest.unlink(missing_ok=True)
+    except IsADirectoryError:
+        raise UsageError(f"{manifest} is a folder; remove it or pick another --out") from None
+    except OSError as exc:
+        raise UsageError(f"cannot remove the previous run's {manifest}: {exc.strerror or exc}") from None
+    return out
 
 
 def tool_record() -> dict[str, Any]:
@@ -138,7 +250,7 @@ class Manifest:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``manifest.json`` into ``out_dir`` (atomically). Call after every other output is written."""
-        return write_text(Path(out_dir) / "manifest.json", self.to_json() + "\n")
+        return write_text(Path(out_dir) / MANIFEST_NAME, self.to_json() + "\n")
 
 
 def safe_stem(display: str) -> str:

@@ -495,6 +495,52 @@ def test_find_images_symlinks(tree: Path) -> None:
     assert errors == []
 
 
+def test_find_images_leaves_out_excluded_folders_met_in_a_walk(tree: Path) -> None:
+    _touch(tree / "out" / "cat" / "overlay.png")
+    _touch(tree / "sub" / "out2" / "map.png")
+    everything = [item.display for item in find_images(["photos"])[0]]
+    assert "photos/out/cat/overlay.png" in everything and "photos/sub/out2/map.png" in everything
+    # any spelling of the folder matches (relative, absolute, through a link); missing folders are ignored
+    os.symlink(tree / "sub" / "out2", "link-to-out2")
+    found, errors = find_images(["photos"], exclude=["photos/out", "link-to-out2", "missing", tree / "c.TIFF"])
+    displays = [item.display for item in found]
+    assert errors == [] and displays == [d for d in everything if "/out" not in d]
+    # named explicitly, an excluded folder (or a folder inside it) is walked: the user asked for it
+    assert [i.display for i in find_images(["photos/out"], exclude=["photos/out"])[0]] == ["photos/out/cat/overlay.png"]
+    assert [i.display for i in find_images(["photos/out/cat"], exclude=["photos/out"])[0]] == [
+        "photos/out/cat/overlay.png"]
+    assert find_images(["photos/out/cat/overlay.png"], exclude=["photos/out"])[0][0].display == (
+        "photos/out/cat/overlay.png")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs symbolic links and named pipes")
+def test_find_images_reports_image_named_entries_that_are_not_files(tree: Path) -> None:
+    """Broken links, link loops and pipes named like images are errors, with the reason the explicit case gives;
+    hidden entries, other extensions and links to folders stay silently skipped, and nothing hangs or loops."""
+    odd = tree / "odd"
+    odd.mkdir()
+    os.symlink("nowhere.png", odd / "dangling.png")
+    os.symlink("loop2.png", odd / "loop1.png")
+    os.symlink("loop1.png", odd / "loop2.png")
+    os.mkfifo(odd / "x.png")  # opening it would block: it must never reach load_image
+    os.symlink(tree / "b.jpg", odd / "good-link.jpg")
+    os.symlink(odd, odd / "folder-link.png")  # a folder link named like an image: not followed, no error
+    os.symlink(tree, odd / "up")  # a folder link loop
+    os.symlink("nowhere.png", odd / ".hidden.png")
+    os.symlink("nowhere.txt", odd / "notes.txt")
+    found, errors = find_images(["photos/odd"])
+    assert [item.display for item in found] == ["photos/odd/good-link.jpg"]
+    reasons = {e.path: e.reason for e in errors}
+    assert reasons == {
+        "photos/odd/dangling.png": "broken symbolic link: no such file or folder at its target",
+        "photos/odd/loop1.png": "symbolic link loop (too many levels of symbolic links)",
+        "photos/odd/loop2.png": "symbolic link loop (too many levels of symbolic links)",
+        "photos/odd/x.png": "not a regular file or folder (a named pipe)",
+    }
+    explicit_found, explicit = find_images(list(reasons))
+    assert explicit_found == [] and {e.path: e.reason for e in explicit} == reasons
+
+
 def test_image_extensions() -> None:
     assert IMAGE_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
     assert all(ext == ext.lower() and ext.startswith(".") for ext in IMAGE_EXTENSIONS)
