@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from explain.gallery import FeatureIndex
 
 DEFAULT_MODEL = "efficientnet_lite0"
+MIN_THUMB, MAX_THUMB, MAX_BORDER = 8, 512, 32
+"""``explain.gallery_run``'s bounds, repeated here so that ``--help`` needs no NumPy (a test keeps them equal)."""
 
 GalleryArg = Annotated[Path, typer.Argument(help="Folder of images (walked recursively, sorted).", show_default=False)]
 IndexModelOpt = Annotated[str | None, typer.Option(
@@ -34,7 +36,7 @@ LabelsOpt = Annotated[str | None, typer.Option(
          "each image's sub-folder name. Default: what the index used before.", show_default=False)]
 FormatOpt = Annotated[str, typer.Option("--format", help="Figure format: png, svg or pdf.")]
 MetricOpt = Annotated[str, typer.Option(help="Distance: l2 (Euclidean) or cosine (1 - cosine similarity).")]
-IndexBatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
+IndexBatchOpt = Annotated[int, typer.Option(min=1, max=512, help="Images per forward pass.")]
 IndexWorkersOpt = Annotated[int | None, typer.Option(
     min=0, help="Processes decoding images in parallel with the model. Default: 2 on a multi-core machine.",
     show_default=False)]
@@ -106,7 +108,7 @@ def _load_model_for(index: FeatureIndex, options: ModelOptions) -> tuple[Any, An
 
     options, _ = _with_stored(options, None, (index.model.get("name"), index.model.get("weights_arg"), index.layer))
     backbone, dev = options.load()
-    check_compatible(index, backbone_record(backbone, options.weights), index.layer)
+    check_compatible(index, backbone_record(backbone, options.weights), index.layer, purpose="query")
     return backbone, dev
 
 
@@ -143,9 +145,7 @@ def index(
             f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
             f"unchanged {update.unchanged}, failed {len(update.errors)}"
             + (f" · {labelled} labelled, {classes_n} classes" if labelled else " · no labels"))
-    for warning in manifest.warnings:
-        if not run.quiet:
-            stderr_line(f"warning: {warning}")
+    _print_warnings(manifest, run.quiet)
     finish(manifest, out, run.as_json, len(update.index))
 
 
@@ -209,8 +209,16 @@ def neighbours(
         _print_neighbours(manifest, out)
         if report is not None:
             _print_purity(report)
+    _print_warnings(manifest, run.quiet)
     n_ok = len(manifest.items) if files or find_errors else 1
     finish(manifest, out, run.as_json, n_ok)
+
+
+def _print_warnings(manifest: Any, quiet: bool) -> None:
+    """The run's warnings on stderr (they are in the manifest too), unless ``--quiet``."""
+    if not quiet:
+        for warning in manifest.warnings:
+            stderr_line(f"warning: {warning}")
 
 
 def _print_neighbours(manifest: Any, out: Path) -> None:
@@ -255,14 +263,16 @@ def tsne(
     pca_dims: Annotated[int, typer.Option(min=0, help="PCA dimensions before t-SNE/UMAP (0: none).")] = 50,
     trust_k: Annotated[int, typer.Option(min=1, help="Neighbourhood size of the trustworthiness score.")] = 5,
     thumb_size: Annotated[int | None, typer.Option(
+        min=MIN_THUMB, max=MAX_THUMB,
         help="Thumbnail side in pixels. Default: 96 up to 100 images, 64 up to 2,500, else 32.",
         show_default=False)] = None,
-    border: Annotated[int, typer.Option(min=0, help="Width of the label-coloured frame around thumbnails.")] = 3,
+    border: Annotated[int, typer.Option(
+        min=0, max=MAX_BORDER, help="Width of the label-coloured frame around thumbnails.")] = 3,
     tsne_backend: Annotated[str, typer.Option(help="t-SNE implementation: auto (openTSNE if installed), opentsne, "
                                                    "sklearn.")] = "auto",
     threads: Annotated[int | None, typer.Option(
-        help="t-SNE threads (-1: all cores). Default: all cores for 5,000+ images on machines with more than two "
-             "cores, else one.", show_default=False)] = None,
+        min=-1, help="t-SNE threads: 1 or more, or -1 for all cores. Default: all cores for 5,000+ images on "
+                     "machines with more than two cores, else one.", show_default=False)] = None,
     labels: LabelsOpt = None,
     layer: LayerOpt = None,
     fmt: FormatOpt = "png",
@@ -274,10 +284,12 @@ def tsne(
     from explain.embedding import METHODS, tsne_backend as pick_backend
     from explain.figures import check_format
     from explain.gallery import load_index
-    from explain.gallery_run import MapOptions, run_index, run_tsne
+    from explain.gallery_run import MapOptions, run_tsne
 
-    if (gallery is None) == (index_dir is None):
-        raise UsageError("give either a GALLERY folder or --index DIR (not both)")
+    if gallery is None and index_dir is None:
+        raise UsageError("give a GALLERY folder or --index DIR (see --help)")
+    if gallery is not None and index_dir is not None:
+        raise UsageError("give either a GALLERY folder or --index DIR, not both")
     if method not in METHODS:
         raise UsageError(f"unknown --method {method!r}: choose tsne, pca or umap")
     if method == "tsne":
@@ -286,19 +298,13 @@ def tsne(
     out = run.out
     opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
-                      threads=threads)
+                      threads=threads).check()
     failed: list[dict[str, str]] = []
+    index_warnings: list[str] = []
     with stage_progress(run.quiet) as progress:
         if gallery is not None:
-            folder = out / "index"
-            options, layer = _with_stored(model_options, layer, _stored_model(folder))
-            backbone, dev = options.load()
-            update, index_manifest = run_index(backbone, gallery, folder, layer=layer, labels=labels,
-                                               weights_arg=options.weights, batch_size=run.batch_size,
-                                               workers=run.workers, device=dev, argv=_argv(), progress=progress)
-            index_manifest.save(folder)
-            failed = index_manifest.errors
-            idx = update.index
+            idx, index_manifest = _map_index(gallery, out / "index", model_options, layer, labels, run, progress)
+            failed, index_warnings = index_manifest.errors, index_manifest.warnings
         else:
             if labels is not None or layer is not None or model_options.model is not None \
                     or model_options.weights is not None:
@@ -307,6 +313,7 @@ def tsne(
             idx = load_index(index_dir)  # type: ignore[arg-type]
         manifest = run_tsne(idx, out, opts, argv=_argv(), progress=progress)
     manifest.errors.extend(failed)
+    manifest.warnings[:0] = index_warnings
     if gallery is not None:
         manifest.extra["index"] = str(out / "index")
     trust = manifest.extra["trustworthiness"]
@@ -316,7 +323,29 @@ def tsne(
             f"{method} map of {len(idx)} images → {out}: trustworthiness@{trust['k']} = "
             + (f"{value:.4f}" if value is not None else "n/a")
             + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")
-    if not run.quiet:
-        for warning in manifest.warnings:
-            stderr_line(f"warning: {warning}")
+    _print_warnings(manifest, run.quiet)
     finish(manifest, out, run.as_json, len(idx))
+
+
+def _map_index(gallery: Path, folder: Path, model_options: ModelOptions, layer: str | None, labels: str | None,
+               run: RunArgs, progress: Callable[[str, int, int], None] | None) -> tuple[FeatureIndex, Any]:
+    """Index ``gallery`` into ``folder`` (``tsne OUT/index``); returns the index and its run's manifest (saved).
+
+    The index there belongs to this output folder: when it holds another gallery or model (an earlier map into the
+    same ``--out``), it is replaced, with a warning, rather than refused; ``tsne`` has no ``--rebuild``.
+    """
+    from explain.gallery import IndexMismatchError
+    from explain.gallery_run import run_index
+
+    options, layer = _with_stored(model_options, layer, _stored_model(folder))
+    backbone, dev = options.load()
+    settings = dict(layer=layer, labels=labels, weights_arg=options.weights, batch_size=run.batch_size,
+                    workers=run.workers, device=dev, argv=_argv(), progress=progress)
+    try:
+        update, manifest = run_index(backbone, gallery, folder, **settings)
+    except IndexMismatchError as exc:
+        update, manifest = run_index(backbone, gallery, folder, rebuild=True, **settings)
+        reason = str(exc).split(";", 1)[0]
+        manifest.warnings.insert(0, f"replaced the index in {folder}: {reason}")
+    manifest.save(folder)
+    return update.index, manifest

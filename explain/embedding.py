@@ -28,7 +28,7 @@ from explain.errors import UsageError
 
 __all__ = [
     "METHODS", "Map2D", "embed_2d", "grid_assign", "grid_shape", "map_positions", "pca", "trustworthiness",
-    "tsne_backend",
+    "check_threads", "tsne_backend",
 ]
 
 METHODS = ("tsne", "pca", "umap")
@@ -112,10 +112,24 @@ def tsne_threads(n: int, n_jobs: int | None) -> int:
     """Threads for t-SNE: ``n_jobs`` when given; by default all cores for maps of 5,000 points or more on machines
     with more than two cores, else one. Below a few thousand points threads cost more than they save, and on a
     two-core machine (which is also decoding, searching, drawing) they are as likely to slow t-SNE down."""
+    check_threads(n_jobs)
     if n_jobs is not None:
         return n_jobs
     cores = os.cpu_count() or 1
     return -1 if n >= 5_000 and cores > 2 else 1
+
+
+def check_threads(n_jobs: int | None) -> None:
+    """Refuse a thread count other than ``None`` (automatic), ``-1`` (all cores) or a positive number.
+
+    Both t-SNE implementations would take other negative numbers as "all cores but some" and fail on 0 with a
+    bare ``ValueError``; only ``-1`` is offered here.
+
+    Raises:
+        UsageError: ``n_jobs`` is 0 or below -1.
+    """
+    if n_jobs is not None and (n_jobs == 0 or n_jobs < -1):
+        raise UsageError(f"--threads must be at least 1, or -1 for all cores (got {n_jobs})")
 
 
 def tsne_backend(preferred: str = "auto") -> str:

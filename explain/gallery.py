@@ -18,8 +18,9 @@ interrupted update therefore leaves the previous index intact.
 Updating is incremental: a file whose size and modification time are unchanged is not read again; one whose size
 or time changed is hashed, and only re-embedded if its bytes changed; new files are embedded; deleted ones are
 dropped. Files that cannot be read are listed (in the result and in ``index.json``) and tried again next time.
-Features of a different model, weights, preprocessing or layer are never mixed into an index: that raises
-:class:`IndexMismatchError`.
+Features of a different model, weights, preprocessing or layer are never mixed into an index, and an index holds
+one gallery folder: updating it from another model, layer or folder raises :class:`IndexMismatchError` (or its
+:class:`GalleryMismatchError`) unless ``rebuild`` replaces it.
 
 Search is exact: candidates come from chunked float32 matrix products (bounded memory, by default 256 MB of
 scratch space however large the gallery), and their distances are then recomputed in float64 from the vectors, so
@@ -51,9 +52,9 @@ if TYPE_CHECKING:
     from explain.images import ImageFile
 
 __all__ = [
-    "FORMAT", "FeatureIndex", "GalleryEntry", "IndexCorruptError", "IndexMismatchError", "IndexUpdate",
-    "LabelSource", "NoIndexError", "ProgressFn", "SearchResult", "build_index", "embed_files", "evaluate_purity",
-    "feature_identity", "load_index", "parse_labels", "search",
+    "FORMAT", "FeatureIndex", "GalleryEntry", "GalleryMismatchError", "IndexCorruptError", "IndexMismatchError",
+    "IndexUpdate", "LabelSource", "NoIndexError", "ProgressFn", "SearchResult", "build_index", "check_compatible",
+    "check_same_gallery", "embed_files", "evaluate_purity", "feature_identity", "load_index", "parse_labels", "search",
 ]
 
 FORMAT = "cnn-explain-feature-index"
@@ -81,6 +82,10 @@ class IndexCorruptError(UsageError):
 
 class IndexMismatchError(UsageError):
     """An existing index holds features of a different model, weights, preprocessing or layer."""
+
+
+class GalleryMismatchError(IndexMismatchError):
+    """An existing index was built from another gallery folder than the one given to update it."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -282,18 +287,74 @@ def _describe(model: dict[str, Any], layer: str) -> str:
     return f"{model.get('name')} (weights {model.get('weights')}, layer {layer})"
 
 
-def check_compatible(index: FeatureIndex, model: dict[str, Any], layer: str) -> None:
-    """Raise :class:`IndexMismatchError` unless ``model``/``layer`` produce features comparable with ``index``."""
+def _model_args(model: dict[str, Any], default_note: bool = False) -> str:
+    """The ``--model``/``--weights`` options that load ``model`` (a :func:`backbone_record`); with ``default_note``
+    default weights are spelled out (``... without --weights``), for users who passed other weights."""
+    weights = model.get("weights_arg")
+    if weights:
+        return f"--model {model.get('name')} --weights {_quote(weights)}"
+    return f"--model {model.get('name')}" + (" without --weights" if default_note else "")
+
+
+def check_compatible(index: FeatureIndex, model: dict[str, Any], layer: str | None = None, *,
+                     purpose: str = "query") -> None:
+    """Raise :class:`IndexMismatchError` unless ``model`` gives features comparable with ``index``.
+
+    Args:
+        index: the existing index.
+        model: the run's :func:`backbone_record`.
+        layer: the run's feature layer (``None``: the index's). For a ``query`` with a model of another name, the
+            index's layer means nothing to that model, so the message names the model's own ``feature_layer``.
+        purpose: what the run does with the index, which decides the hint of the error: ``"update"`` (add
+            features to it, ``cnn-explain index``: use another ``--out``, the index's model, or ``--rebuild``) or
+            ``"query"`` (embed images to search it, ``neighbours`` and ``report``: pass the index's model, or
+            rebuild the index for this model with ``cnn-explain index ... --rebuild``).
+    """
+    if purpose not in ("update", "query"):
+        raise ValueError(f"purpose must be 'update' or 'query', not {purpose!r}")
+    layer = layer or index.layer
+    if purpose == "query" and model.get("name") != index.model.get("name"):
+        layer = str(model.get("feature_layer") or layer)
     old, new = feature_identity(index.model, index.layer), feature_identity(model, layer)
     if old == new:
         return
     what = [key for key in old if old[key] != new[key]]
     where = f" in {index.directory}" if index.directory else ""
+    if purpose == "update":
+        hint = (f"use another --out folder for this model, update this index with its model "
+                f"({_model_args(index.model, True)} --layer {index.layer}), or pass --rebuild to replace it")
+    else:
+        rebuild = (f"cnn-explain index {_quote(index.root)} --out {_quote(index.directory or 'DIR')} "
+                   f"{_model_args(model)}" + (f" --layer {layer}" if layer != model.get("feature_layer") else "")
+                   + " --rebuild")
+        hint = (f"pass the index's model ({_model_args(index.model, True)}), or rebuild the index for this model "
+                f"with '{rebuild}'")
     raise IndexMismatchError(
         f"the index{where} holds features of {index.describe()}, but this run uses {_describe(model, layer)} "
-        f"(different {', '.join(what)}); features of different models or layers cannot be mixed: use another "
-        f"--out folder, run with --model {index.model.get('name')} --layer {index.layer}, or pass --rebuild to "
-        "replace the index"
+        f"(different {', '.join(what)}); features of different models or layers cannot be mixed: {hint}"
+    )
+
+
+def _quote(path: str | Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+def check_same_gallery(index: FeatureIndex, gallery: str | Path) -> None:
+    """Raise :class:`GalleryMismatchError` unless ``gallery`` is the folder ``index`` was built from.
+
+    An index describes one gallery folder: updating it from another would drop every image that is not in the new
+    folder and mix the two folders' labels, so it is refused (``--rebuild`` replaces the index instead).
+    """
+    given = Path(gallery).resolve()
+    if given == Path(index.root).resolve():
+        return
+    where = f" in {index.directory}" if index.directory else ""
+    raise GalleryMismatchError(
+        f"the index{where} was built from the gallery {index.root}, not {given}; an index holds one gallery "
+        f"folder: pass --rebuild to replace it with an index of {gallery}, use another --out folder, or give "
+        f"{index.root} to update it"
     )
 
 
@@ -719,6 +780,7 @@ def build_index(
 
     Raises:
         IndexMismatchError: the existing index holds features of another model, weights or layer.
+        GalleryMismatchError: the existing index was built from another gallery folder.
         IndexCorruptError: the existing index is unreadable (and ``rebuild`` is false).
         UsageError: no gallery folder, no image in it, no image could be read, bad labels file.
     """
@@ -734,7 +796,8 @@ def build_index(
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None and (folder / INDEX_FILE).exists() and not rebuild:
         old = load_index(folder)
-        check_compatible(old, model_record, layer)
+        check_compatible(old, model_record, layer, purpose="update")
+        check_same_gallery(old, root)
     if source is None and old is not None:
         source = old.labels
 

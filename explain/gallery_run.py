@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 PLACEHOLDER = (200, 200, 200)
 BACKGROUND = (255, 255, 255)
 UNLABELLED = (150, 150, 150)
+MIN_THUMB, MAX_THUMB = 8, 512
+"""Bounds of a map's thumbnail side (pixels)."""
+MAX_BORDER = 32
+"""Widest label frame (pixels) around a map thumbnail."""
+MAX_CANVAS = 16384
+"""Widest thumbnail map (pixels a side): about 800 MB of RGB, drawn twice (map and grid)."""
+MAX_FIGURE_NEIGHBOURS = 35
+"""Neighbours drawn in a neighbours figure (4 rows of 9 with the query); the manifest lists all ``k``."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -69,6 +77,34 @@ def load_thumbnails(paths: Sequence[str | Path], size: int, *, threads: int = 4,
             if progress is not None:
                 progress("thumbnails", len(block), len(paths))
     return out
+
+
+def unreadable_gallery_warning(index: FeatureIndex, rows: Sequence[int], context: str,
+                               examples: int = 3) -> str | None:
+    """The warning for gallery images that could not be read and were drawn as grey tiles (``None``: none).
+
+    It says how many there are, names the first ``examples``, tells whether the whole gallery folder is gone
+    (moved or deleted since indexing) and how to fix it; features and distances come from the index and stay valid.
+
+    Args:
+        index: the index whose gallery images were drawn.
+        rows: rows of ``index`` whose thumbnail could not be loaded (repeats are counted once).
+        context: what the images were drawn for, e.g. ``"shown as neighbours"``.
+        examples: how many paths to name.
+    """
+    paths = [index.entries[r].path for r in sorted(set(int(r) for r in rows))]
+    if not paths:
+        return None
+    named = ", ".join(paths[:examples]) + (", ..." if len(paths) > examples else "")
+    where = index.directory or "DIR"
+    if Path(index.root).is_dir():
+        cause = f"they are missing, unreadable or changed in {index.root} since indexing"
+        fix = f"update the index with 'cnn-explain index {index.root} --out {where}'"
+    else:
+        cause = f"the gallery folder {index.root} no longer exists, moved or deleted since indexing"
+        fix = f"if it moved, rebuild the index with 'cnn-explain index NEW_FOLDER --out {where} --rebuild'"
+    return (f"{len(paths)} gallery image(s) {context} could not be read and are drawn as grey tiles: {cause} "
+            f"({named}); the features come from the index and are unaffected; {fix}")
 
 
 def label_colours(names: Sequence[str | None]) -> dict[str, tuple[int, int, int]]:
@@ -359,6 +395,11 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
     found = search(result.features, index.features, opts.k, opts.metric, backend=opts.backend, progress=progress)
     manifest.extra["backend"] = found.backend
     stems = output_stems([files[r].display for r in result.rows])
+    drawn = min(found.ids.shape[1], MAX_FIGURE_NEIGHBOURS)
+    if drawn < found.ids.shape[1]:
+        manifest.warnings.append(f"the figures show the {drawn} nearest of the {found.ids.shape[1]} neighbours "
+                                 "(the manifest lists all of them)")
+    unreadable: set[int] = set()
     for q, row in enumerate(result.rows):
         file = files[row]
         neighbours = []
@@ -366,10 +407,11 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
             entry = index.entries[int(gid)]
             neighbours.append({"rank": rank, "path": entry.path, "row": int(gid), "distance": round(float(dist), 6),
                                "label": entry.label, "class_name": entry.class_name, "sha256": entry.sha256})
-        thumbs = [load_thumbnail(index.file(int(g)), opts.thumb) for g in found.ids[q]]
+        thumbs = [load_thumbnail(index.file(int(g)), opts.thumb) for g in found.ids[q, :drawn]]
+        unreadable.update(int(g) for g, t in zip(found.ids[q], thumbs) if t is None)
         unit = "d" if opts.metric == "l2" else "1-cos"
         captions = [f"#{n['rank']} {unit}={n['distance']:.4g}\n"
-                    f"{_short(str(index.entries[n['row']].label_name or n['path']))}" for n in neighbours]
+                    f"{_short(str(index.entries[n['row']].label_name or n['path']))}" for n in neighbours[:drawn]]
         fig = neighbours_figure(load_thumbnail(file.path, opts.thumb), f"query\n{_short(Path(file.display).name)}",
                                 thumbs, captions, opts.thumb)
         rel = f"{stems[q]}/neighbours.{fmt}"
@@ -378,6 +420,9 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
                                "outputs": {"figure": rel}})
         if progress is not None:
             progress("figures", 1, len(result.rows))
+    warning = unreadable_gallery_warning(index, sorted(unreadable), "shown as neighbours")
+    if warning:
+        manifest.warnings.append(warning)
     return manifest
 
 
@@ -413,9 +458,58 @@ class MapOptions:
     border: int = 3
     threads: int | None = None
 
+    def check(self) -> MapOptions:
+        """Refuse options that cannot work, before any embedding is done; returns ``self``.
+
+        Raises:
+            UsageError: ``trust_k < 1``; ``border`` outside 0..:data:`MAX_BORDER`; ``thumb`` outside
+                :data:`MIN_THUMB`..:data:`MAX_THUMB`; ``threads`` 0 or below -1; a non-positive t-SNE perplexity.
+        """
+        from explain.embedding import check_threads
+
+        if self.trust_k < 1:
+            raise UsageError(f"--trust-k must be at least 1 (got {self.trust_k})")
+        if not 0 <= self.border <= MAX_BORDER:
+            raise UsageError(f"--border must be between 0 and {MAX_BORDER} pixels (got {self.border})")
+        if self.thumb is not None and not MIN_THUMB <= self.thumb <= MAX_THUMB:
+            raise UsageError(f"--thumb-size must be between {MIN_THUMB} and {MAX_THUMB} pixels (got {self.thumb})")
+        if self.method == "tsne" and self.perplexity <= 0:
+            raise UsageError(f"--perplexity must be positive (got {self.perplexity:g})")
+        check_threads(self.threads)
+        return self
+
 
 def auto_thumb(n: int) -> int:
+    """The default thumbnail side: 96 px up to 100 images, 64 up to 2,500, else 32."""
     return 96 if n <= 100 else 64 if n <= 2500 else 32
+
+
+def canvas_side(rows: int, cols: int, thumb: int) -> int:
+    """Side of the square thumbnail map: about 1.2x the grid's side (t-SNE packs each class tightly, so a larger
+    canvas is mostly white space), at least 800 px."""
+    return max(800, int(round(max(rows, cols) * thumb * 1.2)))
+
+
+def map_thumb(n: int, requested: int | None) -> int:
+    """The thumbnail side of a map of ``n`` images: ``requested``, or :func:`auto_thumb` shrunk (not below
+    :data:`MIN_THUMB`) until the map fits in :data:`MAX_CANVAS` pixels a side.
+
+    Raises:
+        UsageError: ``requested`` is out of bounds or makes the map wider than :data:`MAX_CANVAS`.
+    """
+    from explain.embedding import grid_shape
+
+    rows, cols = grid_shape(n)
+    fit = int(MAX_CANVAS / (max(rows, cols) * 1.2))
+    if requested is None:
+        return max(MIN_THUMB, min(auto_thumb(n), fit))
+    if not MIN_THUMB <= requested <= MAX_THUMB:
+        raise UsageError(f"--thumb-size must be between {MIN_THUMB} and {MAX_THUMB} pixels (got {requested})")
+    if canvas_side(rows, cols, requested) > MAX_CANVAS:
+        raise UsageError(f"--thumb-size {requested} would make a map of {n} images "
+                         f"{canvas_side(rows, cols, requested)} pixels wide (at most {MAX_CANVAS}): use "
+                         f"--thumb-size {max(MIN_THUMB, fit)} or less")
+    return requested
 
 
 def run_tsne(index: FeatureIndex, out: str | Path, opts: MapOptions, *, argv: Sequence[str] = (),
@@ -425,12 +519,10 @@ def run_tsne(index: FeatureIndex, out: str | Path, opts: MapOptions, *, argv: Se
     from explain.figures import check_format
 
     fmt = check_format(opts.fmt)
-    if opts.trust_k < 1:
-        raise UsageError(f"--trust-k must be at least 1 (got {opts.trust_k})")
-    if opts.border < 0:
-        raise UsageError("--border must be 0 or more")
+    opts.check()
     out = Path(out)
     n = len(index)
+    thumb = map_thumb(n, opts.thumb)
     result = embed_2d(index.features, opts.method, perplexity=opts.perplexity, seed=opts.seed, pca_dims=opts.pca_dims,
                       backend=opts.backend, n_jobs=opts.threads, progress=progress)
     coords = result.coords
@@ -444,19 +536,14 @@ def run_tsne(index: FeatureIndex, out: str | Path, opts: MapOptions, *, argv: Se
     names = index.label_names()
     palette = label_colours(names)
     colours = [palette.get(name) if name is not None else None for name in names] if palette else None
-    thumb = opts.thumb or auto_thumb(n)
-    if thumb < 8:
-        raise UsageError(f"--thumb-size must be at least 8 pixels (got {thumb})")
     rows, cols = grid_shape(n)
     cells = grid_assign(coords, rows, cols)
-    # About 1.2x the grid's side: t-SNE packs each class tightly, so a larger canvas is mostly white space.
-    canvas = max(800, int(round(max(rows, cols) * thumb * 1.2)))
+    canvas = canvas_side(rows, cols, thumb)
     positions = map_positions(coords, canvas, thumb, margin=thumb // 4)
     thumbs = load_thumbnails([index.file(i) for i in range(n)], thumb, progress=progress)
-    missing = [index.entries[i].path for i, t in enumerate(thumbs) if t is None]
-    if missing:
-        warnings.append(f"{len(missing)} gallery image(s) could not be read for thumbnails (grey tiles), e.g. "
-                        f"{missing[0]}")
+    warning = unreadable_gallery_warning(index, [i for i, t in enumerate(thumbs) if t is None], "of the map")
+    if warning:
+        warnings.append(warning)
     border = opts.border if colours else 0
     map_image = render_thumbnail_map(thumbs, positions, canvas, thumb, colours, border)
     grid_image = render_grid_map(thumbs, cells, rows, cols, thumb, colours, border)

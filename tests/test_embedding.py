@@ -194,3 +194,52 @@ def test_grid_map_cells() -> None:
     assert (px[cell:, 2 * cell:] == 255).all()  # the unused cell stays white
     framed = np.asarray(render_grid_map([solid(COLOURS[0], cell)], cells[:1], 1, 1, cell, [(0, 0, 0)], border=2))
     assert (framed[0, :] == 0).all() and (framed[cell // 2, cell // 2] == COLOURS[0]).all()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# option bounds (QA: --threads 0 crashed in t-SNE; --thumb-size 5000 was killed for lack of memory, 0 was accepted)
+
+
+def test_thread_counts_other_than_positive_or_minus_one_are_refused() -> None:
+    from explain.embedding import check_threads, tsne_threads
+
+    for ok in (None, -1, 1, 3):
+        check_threads(ok)
+    assert tsne_threads(10, 3) == 3 and tsne_threads(10, -1) == -1 and tsne_threads(10, None) == 1
+    for bad in (0, -2, -8):
+        with pytest.raises(UsageError, match="--threads must be at least 1, or -1"):
+            tsne_threads(10, bad)
+    x, _ = clusters(n_per=4, k=2, dim=8)
+    with pytest.raises(UsageError, match="--threads"):  # not sklearn's bare "n_jobs == 0" ValueError
+        embed_2d(x, "tsne", n_jobs=0)
+
+
+def test_map_options_are_checked_before_any_work() -> None:
+    from explain.gallery_run import MAX_BORDER, MAX_THUMB, MIN_THUMB, MapOptions
+
+    assert MapOptions(thumb=MIN_THUMB, border=MAX_BORDER, threads=-1).check().thumb == MIN_THUMB
+    for bad, match in ((dict(thumb=0), "--thumb-size"), (dict(thumb=MIN_THUMB - 1), "--thumb-size"),
+                       (dict(thumb=MAX_THUMB + 1), "--thumb-size"), (dict(thumb=5000), "between 8 and 512"),
+                       (dict(border=-1), "--border"), (dict(border=MAX_BORDER + 1), "--border"),
+                       (dict(threads=0), "--threads"), (dict(trust_k=0), "--trust-k"),
+                       (dict(perplexity=0.0), "--perplexity")):
+        with pytest.raises(UsageError, match=match):
+            MapOptions(**bad).check()
+    MapOptions(method="pca", perplexity=0.0).check()  # perplexity only matters to t-SNE
+
+
+def test_map_thumbnails_keep_the_canvas_bounded() -> None:
+    from explain.gallery_run import MAX_CANVAS, MIN_THUMB, auto_thumb, canvas_side, map_thumb
+
+    assert map_thumb(36, None) == auto_thumb(36) == 96 and map_thumb(36, 512) == 512
+    assert canvas_side(6, 6, 512) == round(6 * 512 * 1.2) <= MAX_CANVAS
+    for n in (2_500, 100_000, 1_000_000):  # the default shrinks (never below MIN_THUMB) to fit the limit
+        rows, cols = grid_shape(n)
+        thumb = map_thumb(n, None)
+        assert MIN_THUMB <= thumb <= auto_thumb(n) and canvas_side(rows, cols, thumb) <= MAX_CANVAS
+    assert map_thumb(1_000_000, None) < auto_thumb(1_000_000)
+    with pytest.raises(UsageError, match=r"30720 pixels wide .*use --thumb-size 273 or less"):
+        map_thumb(2_500, 512)  # a 50 x 50 grid of 512-px cells: 30720-px map
+    assert map_thumb(2_500, 273) == 273
+    with pytest.raises(UsageError, match="between 8 and 512"):
+        map_thumb(36, 0)

@@ -257,6 +257,55 @@ def test_other_model_or_layer_is_refused(tmp_path: Path) -> None:
     assert update.rebuilt and len(update.added) == 2
 
 
+def test_another_gallery_folder_is_refused(tmp_path: Path) -> None:
+    """QA: updating an index from another folder silently dropped the first folder's images and kept its labels."""
+    from explain.gallery import GalleryMismatchError
+
+    bb = tiny_backbone()
+    make_gallery(tmp_path / "g1", n_per_class=2)
+    make_gallery(tmp_path / "g2", n_per_class=1, classes=("birds",))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\ncats/img_0.png,cat\n")
+    build_index(bb, tmp_path / "g1", tmp_path / "idx", labels=labels, workers=0)
+    before = (tmp_path / "idx" / "index.json").read_text()
+    with pytest.raises(GalleryMismatchError, match="built from the gallery .*g1.*--rebuild.*another --out"):
+        build_index(bb, tmp_path / "g2", tmp_path / "idx", workers=0)
+    assert (tmp_path / "idx" / "index.json").read_text() == before  # untouched
+    # the same folder spelled another way is the same gallery
+    same = build_index(bb, tmp_path / "g2" / ".." / "g1", tmp_path / "idx", workers=0)
+    assert same.unchanged == 4 and not same.removed
+    replaced = build_index(bb, tmp_path / "g2", tmp_path / "idx", workers=0, rebuild=True)
+    assert replaced.rebuilt and replaced.index.paths == ["birds/img_0.png"] and replaced.index.labels is None
+    assert load_index(tmp_path / "idx").root == (tmp_path / "g2").resolve()
+
+
+def test_mismatch_hints_depend_on_the_caller(tmp_path: Path) -> None:
+    """QA: neighbours/report were told to use --rebuild/--out (they have neither) and the other model's layer
+    was named after the index's."""
+    from explain.gallery import backbone_record, check_compatible
+
+    make_gallery(tmp_path / "g", n_per_class=1)
+    index = build_index(tiny_backbone(), tmp_path / "g", tmp_path / "idx", workers=0).index
+    other = tiny_backbone(name="other")
+    other.feature_layer = "5"
+    record = backbone_record(other, "other.pt")
+    with pytest.raises(IndexMismatchError) as query:  # default: a query (neighbours, report)
+        check_compatible(index, record, index.layer)
+    text = str(query.value)
+    assert "this run uses other (weights none, layer 5)" in text and "--out folder" not in text
+    assert "pass the index's model (--model tiny without --weights)" in text
+    assert f"'cnn-explain index {(tmp_path / 'g').resolve()} --out {tmp_path / 'idx'} --model other " \
+           "--weights other.pt --rebuild'" in text
+    with pytest.raises(IndexMismatchError) as update:  # cnn-explain index: its own options
+        check_compatible(index, record, "5", purpose="update")
+    text = str(update.value)
+    assert "use another --out folder" in text and "pass --rebuild to replace it" in text
+    assert "--model tiny without --weights --layer 4" in text and "cnn-explain index" not in text
+    check_compatible(index, backbone_record(tiny_backbone()), index.layer)  # the same model: fine
+    with pytest.raises(ValueError, match="purpose"):
+        check_compatible(index, record, purpose="other")
+
+
 def test_corrupt_and_missing_index(tmp_path: Path) -> None:
     gallery = tmp_path / "g"
     make_gallery(gallery, n_per_class=1)

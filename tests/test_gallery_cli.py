@@ -89,6 +89,16 @@ def test_pca_map_of_a_gallery_folder_builds_a_reusable_index(tmp_path: Path) -> 
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["method"] == "pca" and manifest["index"].endswith("index")
     assert json.loads((tmp_path / "o" / "index" / "index.json").read_text())["count"] == 12
+    # A map of another folder into the same --out: OUT/index belongs to the map, so it is replaced (with a warning)
+    # rather than refused with a --rebuild hint that tsne has no option for.
+    other = tmp_path / "g2"
+    shutil.copytree(GALLERY / "panda", other / "panda")
+    result = run("tsne", other, "--method", "pca", "--out", tmp_path / "o", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["warnings"][0].startswith(f"replaced the index in {tmp_path / 'o' / 'index'}: ")
+    assert "warning: replaced the index" in result.output and len(manifest["items"]) == 6
+    assert json.loads((tmp_path / "o" / "index" / "index.json").read_text())["gallery"] == str(other.resolve())
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
@@ -127,7 +137,10 @@ def test_empty_gallery_and_bad_usage(tmp_path: Path, built: Path) -> None:
     assert result.exit_code == 2 and "no images found" in result.output
     assert not (tmp_path / "idx" / "index.json").exists()
     result = run("tsne", GALLERY, "--index", built, "--out", tmp_path / "o")
-    assert result.exit_code == 2 and "either" in result.output
+    assert result.exit_code == 2 and "either a GALLERY folder or --index DIR, not both" in result.output
+    result = run("tsne", "--out", tmp_path / "o")  # QA: neither was answered with "... (not both)"
+    assert result.exit_code == 2 and "give a GALLERY folder or --index DIR" in result.output
+    assert "both" not in result.output
     result = run("neighbours", "--index", built)
     assert result.exit_code == 2 and "--evaluate" in result.output
     result = run("neighbours", "--index", built, "--evaluate", "--metric", "manhattan")
@@ -151,3 +164,91 @@ def test_unreadable_images_are_listed_not_lost(tmp_path: Path) -> None:
     assert len(json.loads((out / "index.json").read_text())["skipped"]) == 2
     again = run("index", gallery, "--out", out, "--quiet", "--workers", "0")
     assert again.exit_code == 1 and "broken.jpg" in again.output  # still reported on the next update
+
+
+def test_index_of_another_gallery_folder_is_refused(built: Path, tmp_path: Path) -> None:
+    """QA: indexing another folder into an index silently removed the first folder's 36 entries."""
+    other = tmp_path / "other"
+    shutil.copytree(GALLERY / "pizza", other / "pizza")
+    before = (built / "index.json").read_text()
+    result = run("index", other, "--out", built, "--quiet", "--workers", "0")
+    assert result.exit_code == 2, result.output
+    assert f"was built from the gallery {GALLERY}" in result.output
+    assert "--rebuild" in result.output and "another --out" in result.output and "Traceback" not in result.output
+    assert (built / "index.json").read_text() == before
+
+
+def test_model_mismatch_hints_fit_the_command(built: Path, tmp_path: Path) -> None:
+    """QA: neighbours suggested --rebuild/--out (it has neither) and gave resnet18 the index's layer name."""
+    query = GALLERY / "llama" / "image_0001.jpg"
+    result = run("neighbours", query, "--index", built, "--model", "resnet18", "--weights", "none", "--quiet",
+                 "--out", tmp_path / "nb")
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())  # undo line wrapping
+    assert "this run uses resnet18 (weights none, layer avgpool)" in text
+    assert "pass the index's model (--model efficientnet_lite0 without --weights)" in text
+    assert f"cnn-explain index {GALLERY} --out {built} --model resnet18 --weights none --rebuild" in text
+    assert "another --out" not in text and "_avg_pooling) (different" not in text
+    result = run("index", GALLERY, "--out", built, "--model", "resnet18", "--weights", "none", "--quiet")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "use another --out folder" in text and "pass --rebuild" in text
+
+
+def _small_index(tmp_path: Path) -> tuple[Path, Path]:
+    gallery = tmp_path / "g"
+    shutil.copytree(GALLERY / "panda", gallery / "panda")
+    index = tmp_path / "idx"
+    result = run("index", gallery, "--out", index, "--quiet", "--workers", "0", "--labels", "folders")
+    assert result.exit_code == 0, result.output
+    return gallery, index
+
+
+def test_neighbours_warn_when_gallery_images_are_gone(tmp_path: Path) -> None:
+    """QA: after the gallery was deleted, neighbours drew grey tiles without a word."""
+    gallery, index = _small_index(tmp_path)
+    query = GALLERY / "panda" / "image_0002.jpg"
+    (gallery / "panda" / "image_0002.jpg").unlink()  # the query's own copy: its nearest neighbour
+    result = run("neighbours", query, "--index", index, "-k", "3", "--out", tmp_path / "nb1")
+    assert result.exit_code == 0, result.output  # the features are still valid
+    manifest = json.loads((tmp_path / "nb1" / "manifest.json").read_text())
+    assert manifest["items"][0]["neighbours"][0]["path"] == "panda/image_0002.jpg"
+    [warning] = manifest["warnings"]
+    assert warning.startswith("1 gallery image(s) shown as neighbours could not be read") and \
+        "(panda/image_0002.jpg)" in warning and f"cnn-explain index {gallery.resolve()} --out {index}" in warning
+    assert "warning: 1 gallery image(s)" in result.output  # on stderr too
+    shutil.rmtree(gallery)
+    result = run("neighbours", query, "--index", index, "-k", "3", "--out", tmp_path / "nb2")
+    assert result.exit_code == 0, result.output
+    [warning] = json.loads((tmp_path / "nb2" / "manifest.json").read_text())["warnings"]
+    assert warning.startswith("3 gallery image(s)") and "no longer exists" in warning and "--rebuild" in warning
+    assert "warning: 3 gallery image(s)" in result.output
+
+
+def test_neighbour_figures_are_capped_but_the_manifest_is_not(built: Path, tmp_path: Path) -> None:
+    result = run("neighbours", GALLERY / "panda" / "image_0002.jpg", "--index", built, "-k", "100", "--quiet",
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["items"][0]["neighbours"]) == 36
+    assert manifest["warnings"] == ["the figures show the 35 nearest of the 36 neighbours (the manifest lists all "
+                                    "of them)"]
+
+
+def test_tsne_size_and_thread_options_are_bounded(built: Path, tmp_path: Path) -> None:
+    """QA: --thumb-size 5000 was killed for lack of memory, 0 was accepted, --threads 0 crashed in sklearn."""
+    from cli import gallery_command
+    from explain import gallery_run
+
+    assert (gallery_command.MIN_THUMB, gallery_command.MAX_THUMB, gallery_command.MAX_BORDER) == \
+        (gallery_run.MIN_THUMB, gallery_run.MAX_THUMB, gallery_run.MAX_BORDER)
+    base = ("tsne", "--index", built, "--out", tmp_path / "o", "--method", "pca", "--quiet")
+    for bad in (("--thumb-size", "5000"), ("--thumb-size", "0"), ("--thumb-size", "7"), ("--border", "33"),
+                ("--threads", "-2"), ("--batch-size", "100000")):
+        result = run(*base, *bad)
+        assert result.exit_code == 2 and bad[0] in result.output, (bad, result.output)
+    result = run(*base, "--threads", "0")
+    assert result.exit_code == 2 and "--threads must be at least 1, or -1 for all cores" in result.output
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    result = run(*base, "--thumb-size", "8", "--threads", "-1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["grid"]["cell_px"] == 8
