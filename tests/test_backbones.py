@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
@@ -91,8 +90,7 @@ def small_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(model.state_dict(), files["plain"])
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, files["nested"])
     torch.jit.save(torch.jit.trace(model.eval(), torch.zeros(1, 3, 64, 64)), str(files["script"]))
-    with open(files["pickled"], "wb") as fh:
-        pickle.dump({"payload": _Evil()}, fh)
+    torch.save({"payload": _Evil()}, files["pickled"], _use_new_zipfile_serialization=False)
     torch.save(model, files["module"])
     files["junk"].write_bytes(b"this is not a checkpoint")
     files["model"] = model  # type: ignore[assignment]
@@ -146,8 +144,9 @@ def test_trusted_pickled_module_loads(small_state) -> None:
 
 
 def test_junk_and_missing_checkpoints(small_state, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="cannot read checkpoint"):
+    with pytest.raises(ModelError, match="is not a PyTorch checkpoint") as info:
         load_backbone("resnet18", str(small_state["junk"]))
+    assert not isinstance(info.value, UnsafeCheckpointError)
     with pytest.raises(ModelError, match="does not exist"):
         load_backbone("resnet18", str(tmp_path / "nope.pt"))
 

@@ -93,17 +93,30 @@ def read_class_names(path: str | Path) -> list[str]:
     """Read a class-name file: one name per line; blank lines and lines starting with ``#`` are skipped.
 
     Raises:
-        ModelError: the file is missing, unreadable or empty.
+        ModelError: the file is missing, a folder, unreadable, not UTF-8 text, or lists no names.
     """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read class names from {str(file)!r}: {exc.strerror or exc}") from exc
+        raise ModelError(f"cannot read class names from {str(file)!r}: {_read_error_reason(exc)}") from exc
     names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not names:
         raise ModelError(f"class-name file {str(file)!r} has no names (one per line expected)")
     return names
+
+
+def _read_error_reason(exc: OSError | UnicodeDecodeError) -> str:
+    """Word why a text file could not be read: missing, a folder, no permission, or not UTF-8 text."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start})"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return str(exc.strerror or exc)
 
 
 def load_backbone(
@@ -185,14 +198,19 @@ def _model_outputs(model: Any) -> int | None:
     return last
 
 
-def _from_file(spec: BackboneSpec, request: LoadRequest, build: Callable[[int], Any]) -> tuple[Any, str, str]:
-    """Load a user checkpoint for ``spec``'s architecture: ``(model, weights label, sha256)``."""
+def _from_file(spec: BackboneSpec, request: LoadRequest, build: Callable[[int], Any],
+               obj: Any = None) -> tuple[Any, str, str]:
+    """Load a user checkpoint for ``spec``'s architecture: ``(model, weights label, sha256)``.
+
+    ``obj`` is the checkpoint when the caller has already read it (so a trusted pickle is not unpickled twice).
+    """
     from explain.backbones.checkpoint import extract_state_dict, fit_state_dict, read_checkpoint
 
     import torch
 
     path = Path(str(request.weights)).expanduser()
-    obj = read_checkpoint(path, trust=request.trust_checkpoint)
+    if obj is None:
+        obj = read_checkpoint(path, trust=request.trust_checkpoint)
     if isinstance(obj, torch.nn.Module):
         model = obj
     else:
@@ -292,12 +310,13 @@ def _load_torchvision(spec: BackboneSpec, request: LoadRequest) -> Backbone:
         def build(num_classes: int) -> Any:
             return tv.build_untrained(arch, num_classes, aux=aux)
 
+        probe = None
         if arch in ("googlenet", "inception_v3"):
             from explain.backbones.checkpoint import extract_state_dict, read_checkpoint
 
             probe = read_checkpoint(Path(weights).expanduser(), trust=request.trust_checkpoint)
             aux = not hasattr(probe, "forward") and any(k.startswith("aux") for k in extract_state_dict(probe, Path(weights)))
-        model, label, digest = _from_file(spec, request, build)
+        model, label, digest = _from_file(spec, request, build, probe)
         entry = tv.weights_enum(arch, "DEFAULT")
     else:
         entry = tv.weights_enum(arch, weights)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from explain.backbones.base import Preprocess
-from explain.errors import ModelError, WeightsUnavailableError, suggest
+from explain.errors import ModelError, UnsafeCheckpointError, WeightsUnavailableError, suggest
 
 #: torchvision's classification builders (``torchvision.models.list_models(module=torchvision.models)``),
 #: kept literal so that listing them needs no torch import; a test checks it against torchvision.
@@ -102,9 +102,11 @@ def build_pretrained(arch: str, weights: Any) -> tuple[Any, Path]:
 
     Raises:
         WeightsUnavailableError: the file is not in the cache.
+        ModelError: the cached file is truncated, corrupt, not a checkpoint or would run code.
     """
-    import torch
     from torchvision.models import get_model
+
+    from explain.backbones.checkpoint import read_checkpoint
 
     path = cached_weights_path(weights)
     if not path.is_file():
@@ -113,9 +115,12 @@ def build_pretrained(arch: str, weights: Any) -> tuple[Any, Path]:
             f"{path.name} into {path.parent} (download it from {weights.url}), or use --weights none"
         )
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cached weights file {path} cannot be read safely: {str(exc).splitlines()[0]}") from exc
+        state = read_checkpoint(path)
+    except UnsafeCheckpointError as exc:
+        raise ModelError(f"cached weights file {path} holds Python objects that would run code, so it is not "
+                         f"torchvision's download: replace it with {weights.url}") from exc
+    except ModelError as exc:
+        raise ModelError(f"{exc} (the cached {arch} weights: replace the file with {weights.url})") from exc
     with _offline_state_dict_loader(path, state):
         model = get_model(arch, weights=weights)
     return model, path
