@@ -129,7 +129,9 @@ def index(
 ) -> None:
     """Embed a folder of images into a reusable feature index; re-running embeds only new or changed files."""
     from explain.gallery_run import run_index
+    from explain.manifest import check_output_folder
 
+    check_output_folder(out)  # before the model loads; the library starts the output once its checks pass
     options, layer = _with_stored(model_options, layer, (None, None, None) if rebuild else _stored_model(out))
     backbone, dev = options.load()
     with stage_progress(run.quiet) as progress:
@@ -171,7 +173,7 @@ def neighbours(
     """Nearest gallery images of each query in feature space (exact search), with a figure per query."""
     from explain.gallery import METRICS, evaluate_purity, load_index
     from explain.gallery_run import NeighbourOptions, run_neighbours
-    from explain.manifest import Manifest
+    from explain.manifest import Manifest, begin_output, check_output_folder
 
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose l2 or cosine")
@@ -184,14 +186,17 @@ def neighbours(
     check_search_args(k, metric, backend)
     check_format(opts.fmt)
     idx = load_index(index_dir)
-    files, find_errors = collect_images(images) if images else ([], [])
     out = run.out
+    check_output_folder(out)
+    files, find_errors = collect_images(images, out) if images else ([], [])
     with stage_progress(run.quiet) as progress:
         if files:
             backbone, dev = _load_model_for(idx, model_options)
+            begin_output(out)
             manifest = run_neighbours(idx, backbone, files, out, opts, batch_size=run.batch_size,
                                       workers=run.workers, device=dev, argv=_argv(), progress=progress)
         else:
+            begin_output(out)
             manifest = Manifest(command="neighbours", argv=_argv(), model=idx.model, extra={
                 "index": str(idx.directory), "layer": idx.layer, "metric": metric, "k": k, "backend": backend})
         report = None
@@ -285,6 +290,7 @@ def tsne(
     from explain.figures import check_format
     from explain.gallery import load_index
     from explain.gallery_run import MapOptions, run_tsne
+    from explain.manifest import begin_output, check_output_folder
 
     if gallery is None and index_dir is None:
         raise UsageError("give a GALLERY folder or --index DIR (see --help)")
@@ -296,6 +302,7 @@ def tsne(
         pick_backend(tsne_backend)
     check_format(fmt)
     out = run.out
+    check_output_folder(out)
     opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
                       threads=threads).check()
@@ -311,6 +318,7 @@ def tsne(
                 raise UsageError("--labels, --layer, --model and --weights apply when indexing a GALLERY; with --index "
                                  "the index's own are used (re-index with 'cnn-explain index' to change them)")
             idx = load_index(index_dir)  # type: ignore[arg-type]
+        begin_output(out)
         manifest = run_tsne(idx, out, opts, argv=_argv(), progress=progress)
     manifest.errors.extend(failed)
     manifest.warnings[:0] = index_warnings
@@ -340,7 +348,7 @@ def _map_index(gallery: Path, folder: Path, model_options: ModelOptions, layer: 
     options, layer = _with_stored(model_options, layer, _stored_model(folder))
     backbone, dev = options.load()
     settings = dict(layer=layer, labels=labels, weights_arg=options.weights, batch_size=run.batch_size,
-                    workers=run.workers, device=dev, argv=_argv(), progress=progress)
+                    workers=run.workers, device=dev, argv=_argv(), progress=progress, exclude=(folder.parent,))
     try:
         update, manifest = run_index(backbone, gallery, folder, **settings)
     except IndexMismatchError as exc:

@@ -24,9 +24,10 @@ https://arxiv.org/abs/1710.11063, at the model-input resolution, via :mod:`expla
   for the whole sample after the last batch (:meth:`ClassificationTask.final`: one randomised network per cascade
   step, calibrated on the whole sample, so the result does not depend on batching): the Spearman correlation
   between the maps of the trained and of a randomised network (low is good) at every step of the paper's cascade
-  (top layer first) and, per image, after the full randomisation, for Grad-CAM++ and, as a reference, for Grad-CAM. Grad-CAM++ keeps only positive gradients, so on a random network its map drifts
-  towards the layer's activation energy, which still follows the image (see :mod:`explain.cam`); Grad-CAM's signed
-  weights do not, and the reference shows how much of the correlation is the method's rather than the model's.
+  (top layer first) and, per image, after the full randomisation, for Grad-CAM++ and, as a reference, for Grad-CAM.
+  Grad-CAM++ keeps only positive gradients, so on a random network its map drifts towards the layer's activation
+  energy, which still follows the image (see :mod:`explain.cam`); Grad-CAM's signed weights do not, and the
+  reference shows how much of the correlation is the method's rather than the model's.
 """
 
 from __future__ import annotations

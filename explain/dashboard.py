@@ -344,8 +344,8 @@ def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]],
         A self-contained HTML document.
     """
     body = join([
-        _header(summary), _cards(summary), _plots(summary, records), _groups(summary), _worst(summary, records, overlays),
-        _rwr_table(summary), _problems(summary),
+        _header(summary), _cards(summary), _plots(summary, records), _groups(summary),
+        _worst(summary, records, overlays), _rwr_table(summary), _problems(summary),
         Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DEFINITIONS}</details>"),
     ])
     return page(f"Audit of {summary['dataset']}", body, css=_CSS)

@@ -730,14 +730,14 @@ class _Scanned:
     mtime_ns: int
 
 
-def _scan(root: Path) -> tuple[list[_Scanned], list[InputError]]:
+def _scan(root: Path, exclude: Sequence[str | Path] = ()) -> tuple[list[_Scanned], list[InputError]]:
     from explain.images import find_images
 
     if not root.exists():
         raise UsageError(f"gallery folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise UsageError(f"the gallery must be a folder of images, not a file: {str(root)!r}")
-    files, errors = find_images([root])
+    files, errors = find_images([root], exclude=exclude)  # an index folder inside the gallery is not walked
     root_text = root.as_posix().rstrip("/")
     scanned = []
     for f in files:
@@ -764,6 +764,7 @@ def build_index(
     workers: int | None = None,
     device: Any = "cpu",
     progress: ProgressFn | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> IndexUpdate:
     """Build the index of ``gallery`` in ``out_dir``, or bring the index already there up to date.
 
@@ -777,6 +778,8 @@ def build_index(
         weights_arg: what was passed as ``weights`` to ``load_backbone`` (stored so the model can be reloaded).
         batch_size, workers, device: embedding settings (``workers=None``: :func:`default_workers`).
         progress: ``progress("embedding", n, total)`` callback.
+        exclude: more folders not to walk into (besides ``out_dir``), e.g. the output folder of a map whose index
+            this is.
 
     Raises:
         IndexMismatchError: the existing index holds features of another model, weights or layer.
@@ -801,9 +804,13 @@ def build_index(
     if source is None and old is not None:
         source = old.labels
 
-    scanned, scan_errors = _scan(root)
+    scanned, scan_errors = _scan(root, exclude=[*exclude, *([folder] if folder is not None else [])])
     if not scanned and not scan_errors:
         raise UsageError(f"no images found in gallery {str(root)!r} (looked for .jpg .jpeg .png .webp .bmp .tif .gif)")
+    if folder is not None:
+        from explain.manifest import begin_output
+
+        begin_output(folder)  # every check passed: the folder's manifest no longer describes it until rewritten
 
     previous = {e.path: (row, e) for row, e in enumerate(old.entries)} if old is not None else {}
     replaced = rebuild and folder is not None and (folder / INDEX_FILE).exists()

@@ -285,11 +285,12 @@ def _png(image: Image.Image) -> bytes:
 def run_index(backbone: Backbone, gallery: str | Path, out: str | Path, *, layer: str | None = None,
               labels: str | Path | None = None, rebuild: bool = False, weights_arg: str | None = None,
               batch_size: int = 32, workers: int | None = None, device: Any = "cpu", argv: Sequence[str] = (),
-              progress: ProgressFn | None = None) -> tuple[IndexUpdate, Manifest]:
-    """Build or update the index of ``gallery`` in ``out``; the manifest lists what was embedded and what failed."""
+              progress: ProgressFn | None = None, exclude: Sequence[str | Path] = ()) -> tuple[IndexUpdate, Manifest]:
+    """Build or update the index of ``gallery`` in ``out``; the manifest lists what was embedded and what failed
+    (``exclude``: more folders the gallery walk leaves out, see :func:`explain.gallery.build_index`)."""
     update = build_index(backbone, gallery, out, layer=layer, labels=labels, rebuild=rebuild,
                          weights_arg=weights_arg, batch_size=batch_size, workers=workers, device=device,
-                         progress=progress)
+                         progress=progress, exclude=exclude)
     return update, index_manifest(update, gallery, argv)
 
 

@@ -101,6 +101,16 @@ def test_pca_map_of_a_gallery_folder_builds_a_reusable_index(tmp_path: Path) -> 
     assert json.loads((tmp_path / "o" / "index" / "index.json").read_text())["gallery"] == str(other.resolve())
 
 
+def test_a_map_written_inside_its_gallery_is_not_read_back(tmp_path: Path) -> None:
+    """QA: ``tsne G --out G/maps`` run twice used to index its own figures (map.png, grid.png...) as images."""
+    gallery = tmp_path / "g"
+    shutil.copytree(GALLERY / "llama", gallery / "llama")
+    for _ in range(2):
+        result = run("tsne", gallery, "--method", "pca", "--out", gallery / "maps", "--quiet", "--workers", "0")
+        assert result.exit_code == 0, result.output
+        assert json.loads((gallery / "maps" / "index" / "index.json").read_text())["count"] == 6
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
