@@ -264,10 +264,11 @@ def report_errors(errors: Sequence[dict[str, str]]) -> None:
 
 
 def exit_code(n_ok: int, n_failed: int) -> int:
-    """0 if everything worked, 1 if some inputs failed, 2 if nothing could be done."""
-    if n_failed == 0:
-        return EXIT_OK
-    return EXIT_PARTIAL if n_ok > 0 else EXIT_USAGE
+    """0 if everything worked, 1 if some inputs failed, 2 if nothing could be done (nothing produced at all, e.g.
+    a detector that found nothing in any photo, counts as that too)."""
+    if n_ok == 0:
+        return EXIT_USAGE
+    return EXIT_PARTIAL if n_failed else EXIT_OK
 
 
 def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> None:
@@ -278,6 +279,9 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> No
         sys.stdout.write(manifest.to_json() + "\n")
     report_errors(manifest.errors)
     code = exit_code(n_ok, len(manifest.errors))
+    if n_ok == 0 and not manifest.errors:
+        stderr_line("error: nothing was produced for any input" + (" (see the warnings above)"
+                                                                   if manifest.warnings else ""))
     if code:
         raise typer.Exit(code)
 

@@ -22,7 +22,11 @@ def models(
 ) -> None:
     """List backbones and whether their weights are available offline."""
     from explain.backbones import list_backbones
+    from explain.errors import UsageError, suggest
 
+    families = sorted({spec.family for spec in list_backbones()})
+    if family is not None and family not in families:
+        raise UsageError(f"unknown --family {family!r}{suggest(family, families)}; choose {', '.join(families)}")
     rows = []
     for spec in list_backbones():
         if family and spec.family != family:

@@ -41,6 +41,7 @@ def _print_tables(manifest: Any) -> None:
         for col, justify in (("#", "right"), ("class", "right"), ("name", "left"), ("prob", "right"), ("", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for rank, c in enumerate(item["prediction"], 1):
-            table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", "█" * max(1, round(c["prob"] * 20)))
+            bar = "█" * max(1, round(c["prob"] * 20))
+            table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", bar)
         out.print(table)
         out.print()

@@ -549,8 +549,9 @@ def randomized_model(
       each parameter redrawn from a Gaussian with that tensor's mean and std. BatchNorm statistics are reset and,
       when ``calibration`` images are given (strongly recommended), re-estimated over them in training mode with
       a cumulative average, :data:`CALIBRATION_CHUNK` images per pass in the given order (only the randomised
-      BatchNorms switch to training mode; dropout stays off). Why: trained statistics describe the trained network's activations (measured on
-      EfficientNet-Lite0: the randomised network then gives the same logits for every image), and reset statistics
+      BatchNorms switch to training mode; dropout stays off). Why: trained statistics describe the trained
+      network's activations (measured on EfficientNet-Lite0: the randomised network then gives the same logits for
+      every image), and reset statistics
       make eval-mode BatchNorm the identity, under which Kaiming-uniform weights shrink the signal layer after
       layer until the maps are ~1e-8. Recalibrated, activations stay normalised as at the start of training; the
       randomised network then depends (slightly) on which images calibrated it.

@@ -541,7 +541,8 @@ def run_report(
                 (out / "report.pdf").unlink(missing_ok=True)
     else:
         for_each_batch(backbone, files, manifest, settings, html_batch)
-        errors = [(e.path, e.reason) for e in settings.input_errors] + [(e["input"], e["error"]) for e in manifest.errors]
+        errors = [(e.path, e.reason) for e in settings.input_errors]
+        errors += [(e["input"], e["error"]) for e in manifest.errors]
         write_text(out / "index.html", index_html(entries, errors, backbone.name))
         manifest.extra["outputs"] = {"index": "index.html"}
     for warning in reporter.warnings:

@@ -129,6 +129,18 @@ def test_models_lists_registry_offline_status() -> None:
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["efficientnet_lite0"]["offline"] is True
     assert rows["resnet50"]["offline"] is False and "resnet50-11ad3fa6.pth" in rows["resnet50"]["weights"]
+    result = run("models", "--family", "detection", "--json")
+    assert result.exit_code == 0 and {r["family"] for r in json.loads(result.stdout)} == {"detection"}
+    result = run("models", "--family", "detectoin")  # QA: an unknown family was an empty table and exit 0
+    assert result.exit_code == 2 and "did you mean: detection" in result.stderr
+
+
+def test_exit_codes_follow_design() -> None:
+    """0 all good, 1 some inputs failed, 2 nothing could be done: also when no input failed but none produced
+    anything (a detector that found nothing anywhere)."""
+    from cli.common import exit_code
+
+    assert [exit_code(3, 0), exit_code(3, 1), exit_code(0, 2), exit_code(0, 0)] == [0, 1, 2, 2]
 
 
 def test_help_does_not_import_torch() -> None:

@@ -261,7 +261,8 @@ def _load_lite(spec: BackboneSpec, request: LoadRequest) -> Backbone:
     elif is_weights_file(weights):
         model, label, digest = _from_file(spec, request, build)
     else:
-        raise ModelError(f"unknown weights {weights!r} for {spec.name}: use its packaged weights (default), none, or a file")
+        raise ModelError(f"unknown weights {weights!r} for {spec.name}: use its packaged weights (default), none, "
+                         "or a file")
     count = _model_outputs(model) or request.num_classes or 1000
     size = variant.resolution
     preprocess = Preprocess(resize=size + 32, crop=(size, size), mean=LITE_PREPROCESS_MEAN,
@@ -315,13 +316,15 @@ def _load_torchvision(spec: BackboneSpec, request: LoadRequest) -> Backbone:
             from explain.backbones.checkpoint import extract_state_dict, read_checkpoint
 
             probe = read_checkpoint(Path(weights).expanduser(), trust=request.trust_checkpoint)
-            aux = not hasattr(probe, "forward") and any(k.startswith("aux") for k in extract_state_dict(probe, Path(weights)))
+            aux = not hasattr(probe, "forward") and any(
+                k.startswith("aux") for k in extract_state_dict(probe, Path(weights)))
         model, label, digest = _from_file(spec, request, build, probe)
         entry = tv.weights_enum(arch, "DEFAULT")
     else:
         entry = tv.weights_enum(arch, weights)
         if request.num_classes not in (None, len(entry.meta["categories"])):
-            raise ModelError(f"{arch} {entry.name} has {len(entry.meta['categories'])} classes, not {request.num_classes}")
+            raise ModelError(
+                f"{arch} {entry.name} has {len(entry.meta['categories'])} classes, not {request.num_classes}")
         model, path = tv.build_pretrained(arch, entry)
         label, digest = entry.name, sha256_file(path)
     count = _model_outputs(model) or request.num_classes or 1000

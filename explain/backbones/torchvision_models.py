@@ -58,7 +58,8 @@ def weights_enum(arch: str, name: str) -> Any:
     for member in valid:
         if member.lower() == key.lower():
             return enum[member]
-    raise ModelError(f"unknown weights {name!r} for {arch}{suggest(key, valid)}; valid: {', '.join(valid)}, none, or a file")
+    raise ModelError(
+        f"unknown weights {name!r} for {arch}{suggest(key, valid)}; valid: {', '.join(valid)}, none, or a file")
 
 
 def cached_weights_path(weights: Any) -> Path:
