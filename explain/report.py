@@ -295,6 +295,7 @@ class Reporter:
             check_compatible(index, backbone_record(backbone), index.layer)
             resolve_layer(backbone.model, index.layer)
         self.warnings: list[str] = []
+        self.missing_rows: set[int] = set()  # gallery rows shown as neighbours whose file is gone
         self.rf_row = self._receptive_field()
 
     def _receptive_field(self) -> LayerInfo | None:
@@ -415,12 +416,22 @@ class Reporter:
         index = self.index
         assert index is not None
         found = search(features, index.features, self.options.neighbours, self.options.metric)
-        return [
+        pages = [
             [Neighbour(rank=r + 1, path=index.entries[int(g)].path, file=index.file(int(g)), distance=float(d),
                        label=index.entries[int(g)].label_name, row=int(g))
              for r, (g, d) in enumerate(zip(ids, dists))]
             for ids, dists in zip(found.ids, found.distances)
         ]
+        self.missing_rows.update(n.row for page in pages for n in page if not Path(n.file).is_file())
+        return pages
+
+    def gallery_warning(self) -> str | None:
+        """One warning for the neighbours whose gallery file is gone (drawn as 'image not found')."""
+        from explain.gallery_run import unreadable_gallery_warning
+
+        if self.index is None:
+            return None
+        return unreadable_gallery_warning(self.index, sorted(self.missing_rows), "shown as neighbours")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -545,7 +556,8 @@ def run_report(
         errors += [(e["input"], e["error"]) for e in manifest.errors]
         write_text(out / "index.html", index_html(entries, errors, backbone.name))
         manifest.extra["outputs"] = {"index": "index.html"}
-    for warning in reporter.warnings:
+    gallery = reporter.gallery_warning()
+    for warning in [*reporter.warnings, *([gallery] if gallery else [])]:
         if warning not in manifest.warnings:
             manifest.warnings.append(warning)
     return manifest

@@ -173,6 +173,27 @@ def small_index(tmp_path_factory: pytest.TempPathFactory, samples: Path) -> Path
     return out
 
 
+def test_missing_gallery_neighbours_are_a_warning(small_index: Path, samples: Path, tmp_path: Path) -> None:
+    """QA: neighbours whose gallery file is gone were drawn as placeholders without a word."""
+    from explain.gallery import load_index
+
+    index = load_index(small_index)
+    copy = tmp_path / "index"
+    shutil.copytree(small_index, copy)
+    meta = json.loads((copy / "index.json").read_text())
+    meta["gallery"] = str(tmp_path / "moved-away")  # the gallery as if it had been moved
+    (copy / "index.json").write_text(json.dumps(meta))
+    if load_index(copy).root == index.root:
+        pytest.skip("the index does not store its gallery root in index.json")
+    out = tmp_path / "out"
+    result = run("report", samples / "coffee.png", "--index", copy, "-k", "2", "--samples", "1", "--out", out,
+                 "--quiet")
+    assert result.exit_code == 0, result.output
+    (warning,) = [w for w in load(out)["warnings"] if "gallery image(s) shown as neighbours" in w]
+    assert warning.startswith("2 gallery image(s)") and "no longer exists" in warning
+    assert "2 gallery image(s) shown as neighbours" in result.stderr
+
+
 def test_index_adds_the_nearest_gallery_images(small_index: Path, tmp_path: Path) -> None:
     from explain import load_backbone
     from explain.gallery import embed_files, load_index, search
