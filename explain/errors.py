@@ -64,3 +64,21 @@ def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
         lowered = name.lower()
         close = [c for c in pool if lowered in c.lower()][:n]
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+_OS_REASONS: tuple[tuple[type[OSError], str], ...] = (
+    (FileNotFoundError, "no such file or folder"),
+    (IsADirectoryError, "it is a folder, not a file"),
+    (NotADirectoryError, "a part of the path is a file, not a folder"),
+    (FileExistsError, "a file (or a broken symbolic link) of that name is in the way"),
+    (PermissionError, "permission denied"),
+)
+
+
+def os_reason(exc: OSError, other: str = "{}") -> str:
+    """Say in words why a file operation failed: the common causes by name, anything else through ``other``
+    (a format string given the system's message, e.g. ``"cannot read file: {}"``)."""
+    for kind, words in _OS_REASONS:
+        if isinstance(exc, kind):
+            return words
+    return other.format(exc.strerror or exc)

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from explain.errors import InputError, UsageError
+from explain.errors import InputError, UsageError, os_reason
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 """File extensions (lower case, with the dot) that :func:`find_images` picks up when it walks a folder."""
@@ -352,13 +352,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "no such file or folder"
-    if isinstance(exc, IsADirectoryError):
-        return "is a folder, not a file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return f"cannot read file: {exc.strerror or exc}"
+    return os_reason(exc, "cannot read file: {}")
 
 
 def _megapixels(pixels: int) -> str:

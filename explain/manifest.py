@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from explain.errors import UsageError
+from explain.errors import UsageError, os_reason
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -85,19 +85,8 @@ def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
     return atomic_write(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, **extra))
 
 
-def _folder_reason(exc: OSError) -> str:
-    """A short reason for a failed ``mkdir`` of an output folder."""
-    if isinstance(exc, FileExistsError):
-        return "a file (or a broken symbolic link) of that name is in the way"
-    if isinstance(exc, NotADirectoryError):
-        return "a part of the path is a file, not a folder"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return exc.strerror or str(exc)
-
-
 def _folder_error(out: Path, exc: OSError) -> UsageError:
-    return UsageError(f"cannot create output folder {out}: {_folder_reason(exc)}")
+    return UsageError(f"cannot create output folder {out}: {os_reason(exc)}")
 
 
 def _check_existing(out: Path) -> bool:

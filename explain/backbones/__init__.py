@@ -22,7 +22,7 @@ from typing import Any
 
 from explain.backbones.base import Backbone, Geometry, Preprocess
 from explain.backbones.torchvision_models import TORCHVISION_CLASSIFIERS
-from explain.errors import ModelError, suggest
+from explain.errors import ModelError, os_reason, suggest
 
 __all__ = [
     "Backbone", "BackboneSpec", "Geometry", "Preprocess", "get_spec", "is_weights_file", "list_backbones",
@@ -110,13 +110,7 @@ def _read_error_reason(exc: OSError | UnicodeDecodeError) -> str:
     """Word why a text file could not be read: missing, a folder, no permission, or not UTF-8 text."""
     if isinstance(exc, UnicodeDecodeError):
         return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start})"
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, IsADirectoryError):
-        return "it is a folder, not a file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    return str(exc.strerror or exc)
+    return os_reason(exc)
 
 
 def load_backbone(
