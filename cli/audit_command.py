@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ModelOptions, RunArgs, console, finish, handle_errors, model_command, progress_bar, stderr_line,
+    ModelOptions, RunArgs, check_out_is_not_an_input, console, finish, handle_errors, model_command, progress_bar,
+    stderr_line,
 )
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def audit(
                             cascade=cascade, worst=worst, restart=restart)
         opts.check()
     check_output_folder(run.out)  # before the (slow) model load
+    check_out_is_not_an_input(run.out, [dataset])
     name = model_options.model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
     backbone, torch_device = dataclasses.replace(model_options, model=name).load()
     kind = task_of(backbone)

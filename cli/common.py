@@ -37,7 +37,8 @@ WeightsOpt = Annotated[str | None, typer.Option(
          "file. Default: the model's own (packaged for the embedded model).", show_default=False)]
 ClassesOpt = Annotated[Path | None, typer.Option(help="File with one class name per line (custom models).",
                                                  show_default=False)]
-NumClassesOpt = Annotated[int | None, typer.Option(help="Number of classes of a checkpoint / random model.",
+NumClassesOpt = Annotated[int | None, typer.Option(min=1, max=100_000,
+                                                   help="Number of classes of a checkpoint / random model.",
                                                    show_default=False)]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Allow a pickled checkpoint that runs code when loaded. Only for files you trust.")]
@@ -241,6 +242,17 @@ def model_command(
     return decorate
 
 
+def check_out_is_not_an_input(out: Path | None, inputs: Sequence[str | Path]) -> None:
+    """Refuse an output folder that is one of the input folders: its outputs would be read as inputs next time."""
+    if out is None or not Path(out).is_dir():
+        return
+    target = Path(out).resolve()
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() == target:
+            raise UsageError(f"--out {out} is also an input folder: the next run would read this run's outputs as "
+                             "inputs; write to another folder (a sub-folder of the input is fine: walks skip it)")
+
+
 def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list[ImageFile], list[InputError]]:
     """Find the image files among ``inputs``; fail with exit 2 when there is nothing to work on.
 
@@ -251,6 +263,7 @@ def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list
     """
     from explain.images import find_images
 
+    check_out_is_not_an_input(out, inputs)
     files, errors = find_images(inputs, exclude=() if out is None else (out,))
     if not files and not errors:
         raise UsageError(f"no images found in {', '.join(inputs)} (looked for .jpg .jpeg .png .webp .bmp .tif .gif)")

@@ -88,7 +88,7 @@ def activations(
         help="shared: one colour scale (min..max over the shown maps) so tiles compare; tile: each tile from "
              "its own min to max.")] = "shared",
     unit: Annotated[list[str] | None, typer.Option(
-        "--unit", help="LAYER:CHANNEL:Y:X: draw the unit's theoretical receptive field and its effective one "
+        "--unit", help="LAYER:CHANNEL:Y:X (one unit): draws its theoretical receptive field and its effective one "
                        "(|d unit / d input|); repeatable.", show_default=False)] = None,
     colormap: Annotated[str, typer.Option(help="Matplotlib colour map of the feature maps.")] = "viridis",
     fmt: FormatOpt = "png",

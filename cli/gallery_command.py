@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, WorkersOpt, collect_images, console, finish, handle_errors, model_command, stderr_line,
+    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, console, finish, handle_errors,
+    model_command, stderr_line,
 )
 from explain.errors import UsageError
 
@@ -132,6 +133,7 @@ def index(
     from explain.manifest import check_output_folder
 
     check_output_folder(out)  # before the model loads; the library starts the output once its checks pass
+    check_out_is_not_an_input(out, [gallery])
     options, layer = _with_stored(model_options, layer, (None, None, None) if rebuild else _stored_model(out))
     backbone, dev = options.load()
     with stage_progress(run.quiet) as progress:
@@ -276,7 +278,7 @@ def tsne(
     tsne_backend: Annotated[str, typer.Option(help="t-SNE implementation: auto (openTSNE if installed), opentsne, "
                                                    "sklearn.")] = "auto",
     threads: Annotated[int | None, typer.Option(
-        min=-1, help="t-SNE threads: 1 or more, or -1 for all cores. Default: all cores for 5,000+ images on "
+        min=-1, max=256, help="t-SNE threads: 1 to 256, or -1 for all cores. Default: all cores for 5,000+ images on "
                      "machines with more than two cores, else one.", show_default=False)] = None,
     labels: LabelsOpt = None,
     layer: LayerOpt = None,
@@ -303,6 +305,7 @@ def tsne(
     check_format(fmt)
     out = run.out
     check_output_folder(out)
+    check_out_is_not_an_input(out, [gallery] if gallery is not None else [])
     opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
                       threads=threads).check()

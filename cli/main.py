@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 import typer
@@ -13,6 +14,11 @@ from cli import gallery_command
 from cli import detect_command
 from cli import audit_command
 from cli import report_command
+
+# Library warnings that say nothing to a user of the command line (the CLI reports what matters in one line):
+# matplotlib's missing-glyph notes for file names in scripts its font lacks, torch's deprecation notes.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
 
 app = typer.Typer(
     name="cnn-explain",

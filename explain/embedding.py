@@ -119,6 +119,9 @@ def tsne_threads(n: int, n_jobs: int | None) -> int:
     return -1 if n >= 5_000 and cores > 2 else 1
 
 
+MAX_THREADS = 256
+
+
 def check_threads(n_jobs: int | None) -> None:
     """Refuse a thread count other than ``None`` (automatic), ``-1`` (all cores) or a positive number.
 
@@ -126,10 +129,13 @@ def check_threads(n_jobs: int | None) -> None:
     bare ``ValueError``; only ``-1`` is offered here.
 
     Raises:
-        UsageError: ``n_jobs`` is 0 or below -1.
+        UsageError: ``n_jobs`` is 0, below -1 or above :data:`MAX_THREADS` (thousands of threads crash or stall
+            the t-SNE libraries).
     """
     if n_jobs is not None and (n_jobs == 0 or n_jobs < -1):
         raise UsageError(f"--threads must be at least 1, or -1 for all cores (got {n_jobs})")
+    if n_jobs is not None and n_jobs > MAX_THREADS:
+        raise UsageError(f"--threads {n_jobs} is too many: at most {MAX_THREADS} (-1 uses every core)")
 
 
 def tsne_backend(preferred: str = "auto") -> str:

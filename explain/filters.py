@@ -104,6 +104,9 @@ def first_conv(model: nn.Module) -> str:
     Raises:
         LayerError: the model has no 2-D convolution.
     """
+    from explain.modules import check_eager
+
+    check_eager(model)
     names = conv_layers(model)
     if not names:
         raise LayerError("the model has no 2-D convolution, so there are no filters to show")

@@ -206,6 +206,9 @@ def layer_table(
     Raises:
         UsageError: bad ``input_size``, a device that is not the model's, or the forward pass failed.
     """
+    from explain.modules import check_eager
+
+    check_eager(model)
     size = _check_size(input_size)
     dev, dtype = _input_device_dtype(model, device)
     channels = in_channels if in_channels is not None else _guess_in_channels(model)

@@ -90,14 +90,25 @@ def _folder_error(out: Path, exc: OSError) -> UsageError:
 
 
 def _check_existing(out: Path) -> bool:
-    """``True`` if ``out`` exists (and is a writable folder); ``False`` if nothing is there; else a UsageError."""
+    """``True`` if ``out`` exists (and is a writable folder); ``False`` if nothing is there; else a UsageError.
+
+    Writability is probed by creating and removing a temporary file: permission bits say nothing for root, or on
+    pseudo file systems such as ``/proc`` and ``/sys``. The file-system root and ``/dev`` are refused outright.
+    """
     if not os.path.lexists(out):
         return False
     if not out.is_dir():
         what = "a broken symbolic link" if out.is_symlink() and not out.exists() else "an existing file"
         raise UsageError(f"cannot create output folder {out}: it is {what}")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to output folder {out}: permission denied")
+    resolved = out.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path("/dev"):
+        raise UsageError(f"refusing to write into {resolved}: give --out a folder of its own")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".cnn-explain-probe-", dir=out)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {out}: {os_reason(exc)}") from None
     return True
 
 
@@ -242,10 +253,23 @@ class Manifest:
         return write_text(Path(out_dir) / MANIFEST_NAME, self.to_json() + "\n")
 
 
+_RUN_FILE_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".html", ".png", ".svg", ".pdf", ".npy", ".txt", ".jpg"})
+
+
 def safe_stem(display: str) -> str:
-    """A file-system-safe, readable folder name for an input (``photos/cat 1.jpg`` -> ``photos_cat_1``)."""
+    """A file-system-safe, readable folder name for an input (``photos/cat 1.jpg`` -> ``photos__cat_1``).
+
+    Letters and digits of any script are kept (``ünï 日本.png`` -> ``ünï_日本``), everything else becomes ``_``;
+    the name is cut to at most 120 bytes of UTF-8 (file systems allow 255). A name that would end like a run-level
+    file (``manifest.json.png`` -> ``manifest.json``) has its last dot replaced (``manifest_json``), so an input's
+    folder can never take the place of the run's manifest, index page or tables.
+    """
     import re
 
     stem = display.rsplit(".", 1)[0] if "." in Path(display).name else display
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip("._")
-    return cleaned[:120] or "image"
+    cleaned = re.sub(r"[^\w.-]+", "_", stem.replace("/", "__")).strip("._")
+    cleaned = cleaned.encode("utf-8")[:120].decode("utf-8", errors="ignore").rstrip("._")
+    suffix = Path(cleaned).suffix
+    if suffix.lower() in _RUN_FILE_SUFFIXES:
+        cleaned = f"{cleaned[: -len(suffix)]}_{suffix[1:]}"
+    return cleaned or "image"

@@ -111,14 +111,20 @@ def predict(
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
     settings = settings or RunSettings()
     predictions: list[ImagePrediction] = []
+    run = Manifest(command="predict")
 
     def handle(batch: Batch) -> list[dict[str, Any]]:
         with torch.inference_mode():
             logits = backbone.model(batch.tensor.to(settings.device))
-        for sample, top in zip(batch.samples, top_classes(logits, backbone.class_names, top_k)):
+        finite = torch.isfinite(logits).all(1).tolist()
+        for sample, top, ok in zip(batch.samples, top_classes(logits, backbone.class_names, top_k), finite):
             loaded = sample.loaded
+            if not ok:  # e.g. NaN weights in a checkpoint: no ranking to report
+                run.errors.append({"input": loaded.display, "error": "the model's output is not finite (NaN or "
+                                                                    "inf): check the weights"})
+                continue
             predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
         return []
 
-    errors = for_each_batch(backbone, files, Manifest(command="predict"), settings, handle).errors
+    errors = for_each_batch(backbone, files, run, settings, handle).errors
     return PredictResult(predictions, [InputError(e["input"], e["error"]) for e in errors])

@@ -279,3 +279,18 @@ def test_tar_archive_that_is_not_a_legacy_checkpoint(tmp_path: Path) -> None:
         read_checkpoint(path, trust=True)
     assert "is not a PyTorch checkpoint (a tar archive without torch's pickle/storages/tensors members)" in str(
         info.value) and "trust" not in str(info.value)
+
+
+def test_shape_mismatches_are_one_line_not_torchs_dump(tmp_path: Path) -> None:
+    """QA: a resnet18 state_dict given to resnet50 printed torch's 24-line size-mismatch report."""
+    from explain.backbones.checkpoint import load_exactly
+
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    big = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 2, 1), torch.nn.Linear(2, 2))
+    with pytest.raises(ModelError) as caught:
+        load_exactly(big, small.state_dict(), "big", tmp_path / "small.pt")
+    message = str(caught.value)
+    assert "\n" not in message and "2 missing keys (e.g. 2.weight, 2.bias)" in message
+    assert "1 shape mismatches (e.g. 0.weight: (4, 3, 3, 3) in the file, (4, 3, 1, 1) in big)" in message
+    before = [p.clone() for p in big.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(before, big.parameters()))  # nothing half-loaded

@@ -222,3 +222,24 @@ def test_model_command_adds_the_shared_options_once() -> None:
     with pytest.raises(TypeError, match="declares shared options itself: seed"):
         @model_command()
         def clash(seed: int = 0, *, model_options: ModelOptions, run: RunArgs) -> None: ...
+
+
+def test_nan_weights_and_torchscript_models_get_one_line(samples: Path, tmp_path: Path) -> None:
+    """QA: NaN logits crashed predict's table; TorchScript models crashed every hooking command."""
+    import torch
+    import torchvision
+
+    from explain.errors import LayerError
+    from explain.modules import check_eager, resolve_layer
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    state["fc.weight"][:] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    result = run("predict", str(samples / "chelsea.png"), "--model", "resnet18", "--weights", str(tmp_path / "nan.pth"))
+    assert result.exit_code == 2 and "output is not finite" in result.stderr
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU()))
+    with pytest.raises(LayerError, match="is TorchScript"):
+        resolve_layer(scripted, "0")
+    with pytest.raises(LayerError, match="the model is TorchScript"):
+        check_eager(scripted)
+    check_eager(torch.nn.Conv2d(3, 2, 3))  # eager modules pass

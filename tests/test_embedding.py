@@ -209,6 +209,10 @@ def test_thread_counts_other_than_positive_or_minus_one_are_refused() -> None:
     for bad in (0, -2, -8):
         with pytest.raises(UsageError, match="--threads must be at least 1, or -1"):
             tsne_threads(10, bad)
+    check_threads(256)
+    for bad in (257, 5000, 100000):  # QA: 100000 threads segfaulted, 5000 stalled for minutes on 12 images
+        with pytest.raises(UsageError, match="too many: at most 256"):
+            tsne_threads(10, bad)
     x, _ = clusters(n_per=4, k=2, dim=8)
     with pytest.raises(UsageError, match="--threads"):  # not sklearn's bare "n_jobs == 0" ValueError
         embed_2d(x, "tsne", n_jobs=0)

@@ -196,11 +196,14 @@ def test_outputs_inside_an_input_folder_are_not_inputs_of_the_next_run(one_photo
         assert [item["input"] for item in data["items"]] == [(one_photo / "cat.png").as_posix()]
         assert data["errors"] == []
     assert any(p.suffix == ".png" for p in out.rglob("*"))  # there were image outputs to be picked up
-    # named explicitly, the output folder is an input like any other (here: the first runs' figures)
+    # named explicitly, the output folder is an input like any other (here: the first runs' figures) ...
     figures = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
-    result = run("predict", str(out), "--out", str(out), "--quiet", "--json")
+    result = run("predict", str(out), "--out", str(tmp_path / "p"), "--quiet", "--json")
     assert result.exit_code == 0, result.output
     assert {Path(i["input"]).relative_to(out).as_posix() for i in json.loads(result.stdout)["items"]} == figures
+    # ... but not as the run's own --out: its outputs would be read back as inputs next time
+    result = run("predict", str(out), "--out", str(out), "--quiet")
+    assert result.exit_code == 2 and "is also an input folder" in result.stderr
 
 
 # --- the shared --seed option -------------------------------------------------------------------------------
@@ -222,3 +225,29 @@ def test_largest_seed_is_accepted_by_every_generator() -> None:
         np.random.RandomState(SEED_MAX + 1)  # why the bound is NumPy's
     result = run("layers", "--model", "resnet18", "--weights", "none", "--seed", str(SEED_MAX), "--json")
     assert result.exit_code == 0, result.output
+
+
+# --- QA round 2 ---------------------------------------------------------------------------------------------------
+def test_output_folder_names_never_take_a_run_files_place() -> None:
+    from explain.manifest import safe_stem
+    from explain.run import output_stems
+
+    assert safe_stem("mj/manifest.json.png") == "mj__manifest_json"  # the folder can't be named manifest.json
+    assert output_stems(["mj/manifest.json.png", "mj/cat.png"]) == ["manifest_json", "cat"]
+    assert safe_stem("index.html.jpg") == "index_html"
+    assert safe_stem("photos/ünï 日本 ❤.png") == "photos__ünï_日本"  # letters of any script are kept
+    long = safe_stem("日本" * 100 + ".png")
+    assert len(long.encode("utf-8")) <= 120 and long.startswith("日本")  # bytes, not characters: fits 255-byte limits
+    assert safe_stem("...png") == "image"
+
+
+def test_the_root_and_pseudo_file_systems_are_refused_as_out(one_photo: Path) -> None:
+    from explain.manifest import check_output_folder
+
+    with pytest.raises(UsageError, match="refusing to write into /"):
+        check_output_folder("/")
+    if Path("/proc").is_dir():
+        with pytest.raises(UsageError, match="cannot write to output folder /proc"):
+            check_output_folder("/proc")  # root may write anywhere by permission bits: the probe file tells
+    result = run("cam", str(one_photo), "--out", "/", "--quiet")
+    assert result.exit_code == 2 and "refusing to write into /" in result.stderr

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+MAX_CLASSES = 100_000  # a 100,000-class head on a 2048-d feature is 0.8 GB; larger ones exhaust memory
 LITE_PREPROCESS_MEAN = (0.5, 0.5, 0.5)
 
 
@@ -142,8 +143,8 @@ def load_backbone(
     names = read_class_names(classes) if isinstance(classes, (str, Path)) else (list(classes) if classes else None)
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise ModelError(f"--classes lists {len(names)} names but --num-classes is {num_classes}")
-    if num_classes is not None and num_classes < 1:
-        raise ModelError(f"--num-classes must be at least 1 (got {num_classes})")
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise ModelError(f"--num-classes must be between 1 and {MAX_CLASSES:,} (got {num_classes})")
     request = LoadRequest(weights, num_classes if num_classes is not None else (len(names) if names else None),
                           names, trust_checkpoint)
     backbone = spec.loader(spec, request)

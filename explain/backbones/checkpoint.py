@@ -334,18 +334,23 @@ def load_exactly(model: Any, state: dict[str, Any], arch: str, path: Path) -> An
     Raises:
         ModelError: naming how many keys are missing, unexpected or mismatched, with examples.
     """
-    result = model.load_state_dict(state, strict=False)
-    mismatched = [k for k, v in state.items() if k in model.state_dict() and v.shape != model.state_dict()[k].shape]
-    if result.missing_keys or result.unexpected_keys or mismatched:
+    reference = model.state_dict()  # compared before loading: torch raises a many-line error on shape mismatches
+    missing = [k for k in reference if k not in state]
+    unexpected = [k for k in state if k not in reference]
+    mismatched = [k for k, v in state.items()
+                  if k in reference and getattr(v, "shape", None) != reference[k].shape]
+    if missing or unexpected or mismatched:
         parts = []
-        if result.missing_keys:
-            parts.append(f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3])})")
-        if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected keys "
-                         f"(e.g. {', '.join(result.unexpected_keys[:3])})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                         f"{tuple(reference[k].shape)} in {arch})")
         raise ModelError(f"{str(path)!r} does not fit architecture {arch!r}: {'; '.join(parts)}; is --model right?")
+    model.load_state_dict(state)
     return model
 
 
