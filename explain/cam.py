@@ -137,8 +137,10 @@ class CamResult:
         return None if self.logits is None else torch.softmax(self.logits, dim=1)
 
     def for_image(self, index: int) -> list[CamMap]:
-        """The maps of one image, in target order."""
-        return [m for m in self.maps if m.image_index == index]
+        """The maps of one image, in target order; a target that several requests resolve to (class 282 and
+        ``top1`` when 282 is the top class) is listed once, where it was first requested."""
+        seen: set[object] = set()
+        return [m for m in self.maps if m.image_index == index and not (m.target in seen or seen.add(m.target))]
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:

@@ -522,6 +522,9 @@ def test_errors(images: torch.Tensor) -> None:
     twice = compute_cams(model, images, ["layer4"], [ClassTarget(3), TopK(1), ClassTarget(3)])
     assert len(twice.maps) == 2 * len(images)  # a repeated target is explained once
     assert sum(m.target == ClassTarget(3) and m.rank is None for m in twice.maps) == len(images)
+    top = compute_cams(model, images[:1], ["layer4"], [TopK(1)]).maps[0].target
+    both = compute_cams(model, images[:1], ["layer4"], [top, TopK(1)])  # e.g. --target 282 --target top1
+    assert len(both.maps) == 2 and [(m.target, m.rank) for m in both.for_image(0)] == [(top, None)]
     with pytest.raises(UsageError, match="no layer"):
         compute_cams(model, images, [], [TopK(1)])
 

@@ -84,7 +84,8 @@ def test_topk_and_several_layers_and_formats(tmp_path: Path, samples: Path) -> N
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     targets = [i["target"]["index"] for i in manifest["items"]]
-    assert targets[:3] == [p["index"] for p in manifest["items"][0]["prediction"][:3]] and targets[3] == 968
+    top3 = [p["index"] for p in manifest["items"][0]["prediction"][:3]]
+    assert targets == top3 + ([968] if 968 not in top3 else [])  # "cup" once, even when it is among the top 3
     item = manifest["items"][0]
     assert item["layer"] == ["_head_act", "_blocks.15"] and set(item["outputs"]["map_layer"]) == set(item["layer"])
     assert item["outputs"]["figure"].endswith(".svg")
