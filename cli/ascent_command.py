@@ -65,7 +65,7 @@ def ascent(
         help="Plateau window in steps. Default: steps/8 (at least 10).", show_default=False,
         rich_help_panel=_OPT)] = None,
     snapshots: Annotated[int, typer.Option(
-        help="Keep N snapshots per image and draw the evolution strip.", rich_help_panel=_OPT)] = 0,
+        min=0, max=32, help="Keep N snapshots per image and draw the evolution strip.", rich_help_panel=_OPT)] = 0,
     l2: Annotated[float, typer.Option(help="L2 penalty weight (Simonyan).", rich_help_panel=_REG)] = 0.0,
     decay: Annotated[float | None, typer.Option(
         help="L2 decay per step (Yosinski). Default: 0.002 (fft), 0 (pixel).", show_default=False,

@@ -135,7 +135,8 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except InputError as exc:
@@ -152,6 +153,30 @@ def handle_errors(func: F) -> F:
             raise fail(f"unexpected {type(exc).__name__}: {exc} (set CNN_EXPLAIN_DEBUG=1 for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporary files, hooks, model state) runs."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, turn SIGTERM (``kill``, ``timeout``) into an interrupt instead of an abrupt exit."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupt(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,7 @@ __all__ = [
 
 #: Key under which the model's output appears in the activations handed to objectives.
 OUTPUT = "<output>"
+MAX_SNAPSHOTS = 32
 MAX_SIZE = 1024  # --size limit: memory grows with its square (Lite0 at 1024 px: ~2 GB for the gradient pass)
 
 #: The colour mixing matrix ``M`` of the Fourier parameterisation: ``C^(1/4)`` for the RGB covariance ``C`` of photos
@@ -653,7 +654,8 @@ class AscentConfig:
              "--clip-norm and --clip-contrib are percentiles in [0, 100)"),
             (self.patience is None or self.patience >= 1, "--patience must be at least 1"),
             (self.plateau_tol >= 0, "the plateau tolerance must not be negative"),
-            (self.snapshots >= 0, f"--snapshots must not be negative (got {self.snapshots})"),
+            (0 <= self.snapshots <= MAX_SNAPSHOTS,
+             f"--snapshots must lie in [0, {MAX_SNAPSHOTS}] (got {self.snapshots}): the strip draws one column each"),
         ]
         for ok, message in checks:
             if not ok:

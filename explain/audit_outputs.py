@@ -37,13 +37,21 @@ def group_field(column: str, taken: Sequence[str]) -> str:
     return column if column not in taken else f"group_{column}"
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
+    """One CSV cell. Text that a spreadsheet would run as a formula (``=cmd|...``, from a file, class or group name)
+    gets a leading ``'`` (OWASP's CSV-injection advice); numbers are written as they are. ``images.jsonl`` keeps
+    every value verbatim."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, list):
-        return "; ".join(str(v) for v in value)
+        value = "; ".join(str(v) for v in value)
+    if isinstance(value, str):
+        return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
     return str(value)
 
 

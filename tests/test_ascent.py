@@ -204,6 +204,8 @@ def test_errors_are_clear(tiny: Tiny) -> None:
         ascend(tiny, [ClassLogit(1)], fast(steps=0))
     with pytest.raises(UsageError, match="--size 6 is too small"):
         ascend(tiny, [ClassLogit(1)], fast(size=6))
+    with pytest.raises(UsageError, match=r"--snapshots must lie in \[0, 32\]"):
+        ascend(tiny, [ClassLogit(1)], fast(snapshots=500))
     with pytest.raises(UsageError, match="--size 20000 is too large: at most 1024"):
         ascend(tiny, [ClassLogit(1)], fast(size=20000))  # refused before any memory is allocated
     with pytest.raises(UsageError, match="--size 8 is too small for this model.*'features.4'.* 1 x 1"):

@@ -243,3 +243,36 @@ def test_nan_weights_and_torchscript_models_get_one_line(samples: Path, tmp_path
     with pytest.raises(LayerError, match="the model is TorchScript"):
         check_eager(scripted)
     check_eager(torch.nn.Conv2d(3, 2, 3))  # eager modules pass
+
+
+def test_sigterm_is_an_interrupt_while_a_command_runs() -> None:
+    """QA: ``kill``/``timeout`` left temporary files; as an interrupt every ``finally`` runs and the exit is 130."""
+    import os
+    import signal
+
+    from cli.common import _terminate_as_interrupt, handle_errors
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    @handle_errors
+    def command() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+
+    import typer
+
+    with pytest.raises(typer.Exit) as caught:
+        command()
+    assert caught.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_audit_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
+    from explain.audit_outputs import csv_text
+
+    text = csv_text([{"path": "=cmd|' /C calc'!A0.jpg", "group": "@SUM(1)", "prob": -0.25, "ok": True}],
+                    ["path", "group", "prob", "ok"])
+    row = text.splitlines()[1]
+    assert row.startswith("'=cmd|") and row.endswith(",'@SUM(1),-0.25,1")  # numbers stay numbers
