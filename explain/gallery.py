@@ -290,7 +290,7 @@ def _describe(model: dict[str, Any], layer: str) -> str:
 def _model_args(model: dict[str, Any], default_note: bool = False) -> str:
     """The ``--model``/``--weights`` options that load ``model`` (a :func:`backbone_record`); with ``default_note``
     default weights are spelled out (``... without --weights``), for users who passed other weights."""
-    weights = model.get("weights_arg")
+    weights = model.get("weights_arg") or ("none" if model.get("weights") == "none" else None)
     if weights:
         return f"--model {model.get('name')} --weights {_quote(weights)}"
     return f"--model {model.get('name')}" + (" without --weights" if default_note else "")

@@ -102,7 +102,10 @@ def unreadable_gallery_warning(index: FeatureIndex, rows: Sequence[int], context
         fix = f"update the index with 'cnn-explain index {index.root} --out {where}'"
     else:
         cause = f"the gallery folder {index.root} no longer exists, moved or deleted since indexing"
-        fix = f"if it moved, rebuild the index with 'cnn-explain index NEW_FOLDER --out {where} --rebuild'"
+        labels = index.labels
+        again = "" if labels is None else (" --labels folders" if labels.kind == "folders"
+                                           else f" --labels {labels.path} (adjusted to the new folder)")
+        fix = f"if it moved, rebuild the index with 'cnn-explain index NEW_FOLDER --out {where}{again} --rebuild'"
     return (f"{len(paths)} gallery image(s) {context} could not be read and are drawn as grey tiles: {cause} "
             f"({named}); the features come from the index and are unaffected; {fix}")
 

@@ -293,14 +293,14 @@ def test_mismatch_hints_depend_on_the_caller(tmp_path: Path) -> None:
         check_compatible(index, record, index.layer)
     text = str(query.value)
     assert "this run uses other (weights none, layer 5)" in text and "--out folder" not in text
-    assert "pass the index's model (--model tiny without --weights)" in text
+    assert "pass the index's model (--model tiny --weights none)" in text  # random weights: say so
     assert f"'cnn-explain index {(tmp_path / 'g').resolve()} --out {tmp_path / 'idx'} --model other " \
            "--weights other.pt --rebuild'" in text
     with pytest.raises(IndexMismatchError) as update:  # cnn-explain index: its own options
         check_compatible(index, record, "5", purpose="update")
     text = str(update.value)
     assert "use another --out folder" in text and "pass --rebuild to replace it" in text
-    assert "--model tiny without --weights --layer 4" in text and "cnn-explain index" not in text
+    assert "--model tiny --weights none --layer 4" in text and "cnn-explain index" not in text
     check_compatible(index, backbone_record(tiny_backbone()), index.layer)  # the same model: fine
     with pytest.raises(ValueError, match="purpose"):
         check_compatible(index, record, purpose="other")
