@@ -107,6 +107,11 @@ def run_cam(
     def handle(batch: Batch) -> list[dict[str, Any]]:
         result = method(backbone.model, layers)(batch.tensor.to(settings.device), targets)
         predictions = predictions_of(result.logits, backbone.class_names, opts.top_k)
+        for layer, layer_map in (result.maps[0].maps_layer.items() if result.maps else ()):
+            warning = (f"layer {layer!r} gives a {layer_map.shape[0]}x{layer_map.shape[1]} map: one cell cannot "
+                       "show where anything is; pick an earlier layer with a spatial output")
+            if layer_map.size == 1 and warning not in manifest.warnings:
+                manifest.warnings.append(warning)
         return [
             _write_item(out, stems[sample.loaded.display], sample, cam, backbone, opts, layers, method.name,
                         predictions[i] if predictions else None, result.probabilities)

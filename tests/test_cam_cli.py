@@ -126,3 +126,11 @@ def test_random_weights_give_a_different_map(tmp_path: Path, samples: Path) -> N
     # measured here: 0.63. Random-weight CAMs keep a centred blob (zero padding damps the borders), so the
     # correlation is not near 0, but far from the 1.0 of an explanation that ignores the weights.
     assert rho < 0.8, rho
+
+
+def test_a_one_cell_layer_is_explained_with_a_warning(tmp_path: Path, samples: Path) -> None:
+    """QA: --layer _avg_pooling (a 1x1 output) was accepted silently; its 'map' is one value."""
+    result = run("cam", str(samples / "chelsea.png"), "--layer", "_avg_pooling", "--out", str(tmp_path), "--quiet")
+    assert result.exit_code == 0, result.output
+    (warning,) = json.loads((tmp_path / "manifest.json").read_text())["warnings"]
+    assert warning.startswith("layer '_avg_pooling' gives a 1x1 map") and warning in result.stderr
