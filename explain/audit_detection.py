@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.audit_inputs import NO_GROUP, AuditInputs, Box, BoxFile, boxes_to_input
-from explain.audit_summary import _mean, _share, _values
+from explain.audit_summary import _mean, _share, _values, group_gaps
 from explain.audit_task import AuditTask, rounded
 from explain.detection.targets import box_coverage, iou_matrix
 from explain.errors import InputError, TargetError, UsageError
@@ -529,14 +529,7 @@ def group_summary(objects: Sequence[dict[str, Any]], images: Sequence[dict[str, 
         stats["images"] = len(members)
         stats["false_positives_per_image"] = image_stats(members)["false_positives_per_image"]
         groups[name] = stats
-    gaps: dict[str, Any] = {}
-    for metric in (*DETECTION_GROUP_METRICS, "false_positives_per_image"):
-        defined = {n: g[metric] for n, g in groups.items() if g[metric] is not None}
-        if len(defined) >= 2:
-            high = max(defined, key=lambda n: defined[n])
-            low = min(defined, key=lambda n: defined[n])
-            gaps[metric] = {"gap": round(defined[high] - defined[low], 6), "highest": high, "lowest": low}
-    return {"groups": groups, "gap": gaps}
+    return {"groups": groups, "gap": group_gaps(groups, (*DETECTION_GROUP_METRICS, "false_positives_per_image"))}
 
 
 def _ranked(rows: Sequence[dict[str, Any]], keep: Callable[[dict[str, Any]], bool],

@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["GROUP_METRICS", "group_summary", "right_for_wrong_reason", "summarize", "worst_examples"]
+__all__ = ["GROUP_METRICS", "group_gaps", "group_summary", "right_for_wrong_reason", "summarize", "worst_examples"]
 
 GROUP_METRICS: tuple[str, ...] = ("accuracy", "mean_prob", "mean_true_prob", "mean_energy_in_box",
                                   "pointing_accuracy")
@@ -149,14 +149,19 @@ def group_summary(records: Sequence[dict[str, Any]], column: str) -> dict[str, A
     """Per-group :data:`GROUP_METRICS` of one group column, and each metric's gap between groups."""
     names = sorted({str(r[column]) for r in records if r.get(column) is not None})
     groups = {name: _basic([r for r in records if str(r.get(column)) == name]) for name in names}
+    return {"groups": groups, "gap": group_gaps(groups, GROUP_METRICS)}
+
+
+def group_gaps(groups: dict[str, dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
+    """Per metric defined in at least two groups: the highest minus the lowest group value, and which groups."""
     gaps: dict[str, Any] = {}
-    for metric in GROUP_METRICS:
+    for metric in metrics:
         defined = {name: g[metric] for name, g in groups.items() if g[metric] is not None}
         if len(defined) >= 2:
             high = max(defined, key=lambda n: defined[n])
             low = min(defined, key=lambda n: defined[n])
             gaps[metric] = {"gap": round(defined[high] - defined[low], 6), "highest": high, "lowest": low}
-    return {"groups": groups, "gap": gaps}
+    return gaps
 
 
 def right_for_wrong_reason(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

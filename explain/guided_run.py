@@ -345,10 +345,9 @@ def resolve_gradient_options(backbone: Backbone, opts: GradientOptions) -> _Reso
     else:
         if opts.samples < 0:
             raise UsageError(f"--samples must be >= 0 (0: plain gradient), got {opts.samples}")
-        from explain.saliency import MAX_NOISE
+        from explain.saliency import check_noise
 
-        if not 0 <= opts.noise <= MAX_NOISE:
-            raise UsageError(f"--noise must be a fraction of the input range in [0, {MAX_NOISE:g}], got {opts.noise}")
+        check_noise(opts.noise, "--noise")
     return _Resolved(targets, cam_layers, cam_method)
 
 

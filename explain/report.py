@@ -112,6 +112,7 @@ class ReportOptions:
             UsageError: the first bad option, with what to do instead.
         """
         from explain.figures import check_colormap
+        from explain.saliency import check_noise
 
         self.fmt = self.fmt.lower().lstrip(".")
         if self.fmt not in FORMATS:
@@ -120,8 +121,7 @@ class ReportOptions:
                                  ("--neighbours", self.neighbours, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if not (isinstance(self.noise, int | float) and np.isfinite(self.noise) and self.noise >= 0):
-            raise UsageError(f"--noise must be a fraction >= 0 of the input range, got {self.noise!r}")
+        check_noise(self.noise, "--noise")
         if self.metric not in ("l2", "cosine"):
             raise UsageError(f"unknown metric {self.metric!r}: choose l2 or cosine")
         if not 0.0 <= self.alpha <= 1.0:

@@ -50,9 +50,17 @@ from explain.guided import (
 from explain.hooks import LayerTap, eval_mode
 from explain.scores import expand_targets, rank_scores
 
-__all__ = ["MAX_NOISE", "noise_sigmas", "saliency", "smoothgrad_noise"]
+__all__ = ["MAX_NOISE", "check_noise", "noise_sigmas", "saliency", "smoothgrad_noise"]
 
 MAX_NOISE = 1.0  # SmoothGrad noise as a fraction of the input range (the paper recommends 0.1-0.2)
+
+
+def check_noise(noise: object, name: str = "noise") -> float:
+    """The SmoothGrad noise level as a float, or a :class:`UsageError` naming ``name`` unless it lies in
+    ``[0, MAX_NOISE]`` (NaN and infinities included: an infinite sigma would reach manifests as ``inf``)."""
+    if isinstance(noise, bool) or not (isinstance(noise, int | float) and 0 <= noise <= MAX_NOISE):
+        raise UsageError(f"{name} must be a fraction of the input range in [0, {MAX_NOISE:g}], got {noise!r}")
+    return float(noise)
 
 
 def noise_sigmas(inputs: torch.Tensor, noise: float) -> torch.Tensor:
@@ -110,8 +118,7 @@ def saliency(
     n = inputs.shape[0]
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise UsageError(f"samples must be a whole number >= 0 (0: plain gradient), got {samples!r}")
-    if not (isinstance(noise, int | float) and 0 <= noise <= MAX_NOISE):
-        raise UsageError(f"noise must be a fraction of the input range in [0, {MAX_NOISE:g}], got {noise!r}")
+    check_noise(noise)
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     seeds = [int(seed) + i for i in range(n)] if isinstance(seed, int) else [int(s) for s in seed]

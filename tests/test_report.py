@@ -206,3 +206,14 @@ def test_bad_options_are_refused() -> None:
                  ReportOptions(noise=float("nan")), ReportOptions(metric="hamming"), ReportOptions(colormap="nope")):
         with pytest.raises(UsageError):
             opts.check()
+
+
+def test_report_noise_has_the_saliency_bound() -> None:
+    """The report checks SmoothGrad's noise with the same bound as saliency, before any work starts."""
+    from explain.errors import UsageError
+    from explain.report import ReportOptions
+
+    for bad in (5.0, float("inf"), float("nan"), -0.1):
+        with pytest.raises(UsageError, match=r"--noise must be a fraction of the input range in \[0, 1\]"):
+            ReportOptions(noise=bad).check()
+    assert ReportOptions(noise=1.0).check().noise == 1.0
