@@ -91,8 +91,10 @@ class AuditOptions:
         for name in ("sanity", "shift", "steps", "worst"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must be >= 0 (got {getattr(self, name)})")
-        if self.randomisation not in ("recalibrated", "he-identity"):
-            raise UsageError(f"unknown --randomisation {self.randomisation!r}: choose recalibrated or he-identity")
+        from explain.metrics import RANDOMISATIONS
+
+        if self.randomisation not in RANDOMISATIONS:
+            raise UsageError(f"unknown --randomisation {self.randomisation!r}: choose {' or '.join(RANDOMISATIONS)}")
         if self.steps == 1:
             raise UsageError("--steps 1 only compares the untouched and the fully deleted image, which is the same for "
                              "every map; use at least 2 steps, or 0 to skip deletion and insertion")

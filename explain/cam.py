@@ -67,7 +67,7 @@ from explain.device import model_device
 from explain.errors import LayerError, UsageError, suggest
 from explain.hooks import LayerTap, eval_mode
 from explain.modules import resolve_layer
-from explain.scores import Target, check_targets, expand_targets, rank_scores
+from explain.scores import Target, check_targets, expand_targets, first_per_target, rank_scores
 from explain.targets import ClassTarget, NeuronTarget
 
 __all__ = [
@@ -139,8 +139,7 @@ class CamResult:
     def for_image(self, index: int) -> list[CamMap]:
         """The maps of one image, in target order; a target that several requests resolve to (class 282 and
         ``top1`` when 282 is the top class) is listed once, where it was first requested."""
-        seen: set[object] = set()
-        return [m for m in self.maps if m.image_index == index and not (m.target in seen or seen.add(m.target))]
+        return first_per_target(self.maps, index)
 
 
 def normalize_maps(maps: torch.Tensor) -> torch.Tensor:

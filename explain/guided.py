@@ -77,7 +77,7 @@ from explain.device import model_device
 from explain.errors import UsageError
 from explain.hooks import LayerTap, channels_last_layout, eval_mode, prefers_channels_last
 from explain.modules import resolve_layer
-from explain.scores import Rank, Target, check_targets, expand_targets, rank_scores
+from explain.scores import Rank, Target, check_targets, expand_targets, first_per_target, rank_scores
 from explain.targets import ClassTarget, NeuronTarget
 
 __all__ = [
@@ -395,8 +395,7 @@ class GradientResult:
     def for_image(self, index: int) -> list[GradientMap]:
         """The maps of one image, in target order; a target that several requests resolve to (class 282 and
         ``top1`` when 282 is the top class) is listed once, where it was first requested."""
-        seen: set[object] = set()
-        return [m for m in self.maps if m.image_index == index and not (m.target in seen or seen.add(m.target))]
+        return first_per_target(self.maps, index)
 
 
 # ---------------------------------------------------------------------------------------------------------------

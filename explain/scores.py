@@ -32,6 +32,18 @@ def check_targets(targets: Sequence[Target]) -> list[Target]:
     return list(dict.fromkeys(targets))
 
 
+def first_per_target(maps: Sequence[Any], image_index: int) -> list[Any]:
+    """The maps of one image (objects with ``image_index`` and ``target``) in request order, each target once:
+    two requests resolving to the same class (``282`` and ``top1`` when 282 is the top class) give one map."""
+    seen: set[Any] = set()
+    chosen = []
+    for m in maps:
+        if m.image_index == image_index and m.target not in seen:
+            seen.add(m.target)
+            chosen.append(m)
+    return chosen
+
+
 @dataclass
 class Rank:
     """One requested target resolved per image: ``targets[i]`` is an explicit class or neuron for image ``i``."""
