@@ -97,13 +97,13 @@ class ModelOptions:
                                  f"{' or '.join(self.tasks)} models{hint}")
             return backbone
 
+        device = resolve_device(self.device)  # an unavailable --device is an error even for a shapes-only build
         if meta and (self.weights or "").lower() == "none":
             try:
                 with torch.device("meta"):
                     return build(), torch.device("meta")
             except (NotImplementedError, RuntimeError):
                 pass
-        device = resolve_device(self.device)
         backbone = build()
         backbone.model.to(device)
         return backbone, device

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import (
-    ANY_TASK, ClassesOpt, JsonOpt, ModelOpt, ModelOptions, NumClassesOpt, SeedOpt, TrustOpt, WeightsOpt, console,
-    handle_errors,
-)
+from cli.common import OMIT, ANY_TASK, JsonOpt, ModelOptions, RunArgs, console, finish, handle_errors, model_command
+
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.layers import LayerInfo
 
 
 @handle_errors
@@ -48,34 +51,41 @@ def models(
     console().print("Any model also runs with --weights none (random) or --weights FILE (your checkpoint).")
 
 
+LayersOutOpt = Annotated[Path | None, typer.Option(
+    help="Also write the table as layers.csv, with manifest.json, into this folder.", show_default=False)]
+
+
 @handle_errors
+@model_command(tasks=ANY_TASK, batch_size=OMIT, workers=OMIT, out=None, out_option=LayersOutOpt)
 def layers(
-    model: ModelOpt = "efficientnet_lite0",
-    weights: WeightsOpt = None,
-    classes: ClassesOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
     size: Annotated[int | None, typer.Option(min=1, help="Input side in pixels (default: the model's).",
                                              show_default=False)] = None,
     leaves: Annotated[bool, typer.Option("--leaves", help="Only modules without children.")] = False,
-    seed: SeedOpt = 0,
-    json_: JsonOpt = False,
+    *,
+    model_options: ModelOptions,
+    run: RunArgs,
 ) -> None:
     """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
-    from explain.layers import layer_table
+    from explain.layers import layer_table, layers_manifest, write_layers
+    from explain.manifest import begin_output, check_output_folder
 
-    options = ModelOptions(model, weights, classes, num_classes, trust_checkpoint, "cpu", seed, ANY_TASK)
-    backbone, device = options.load(meta=True)
+    out = check_output_folder(run.out) if run.out is not None else None  # before the model load
+    backbone, device = model_options.load(meta=True)
     hw = (size, size) if size else backbone.input_size
     table_rows = layer_table(backbone.model, hw, device=device)
     if leaves:
         names = {n for n, m in backbone.model.named_modules() if n and not any(True for _ in m.children())}
         table_rows = [r for r in table_rows if r.name in names]
-    if json_:
-        payload = {"model": backbone.name, "input_size": list(hw), "default_layer": backbone.default_layer,
-                   "feature_layer": backbone.feature_layer, "layers": [r.as_dict() for r in table_rows]}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
+    manifest = layers_manifest(backbone, table_rows, hw, argv=["cnn-explain", *sys.argv[1:]])
+    if out is not None:
+        begin_output(out)
+        write_layers(manifest, out)
+    if not run.as_json and not run.quiet:
+        _print_layer_table(backbone, hw, table_rows)
+    finish(manifest, out, run.as_json, len(table_rows))
+
+
+def _print_layer_table(backbone: Backbone, hw: tuple[int, int], table_rows: Sequence[LayerInfo]) -> None:
     from rich.table import Table
 
     def pair(v: object) -> str:

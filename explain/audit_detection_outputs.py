@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_detection import IMAGE_COLUMNS, OBJECT_COLUMNS, detection_summary, join_groups
-from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, csv_text, error_records
-from explain.manifest import Manifest, safe_stem, write_bytes, write_text
+from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, error_records
+from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
 
 if TYPE_CHECKING:
     from PIL import Image

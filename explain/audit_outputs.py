@@ -6,7 +6,6 @@ writes exactly what an uninterrupted one writes. Files are written atomically an
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_summary import summarize
-from explain.manifest import Manifest, safe_stem, write_bytes, write_text
+from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.run import RunSettings
 
-__all__ = ["OUTPUTS", "csv_text", "group_field", "write_outputs"]
+__all__ = ["OUTPUTS", "group_field", "write_outputs"]
 
 OUTPUTS = {"images_csv": "images.csv", "images_jsonl": "images.jsonl", "summary": "summary.json",
            "dashboard": "dashboard.html", "journal": "audit-journal.jsonl"}
@@ -35,34 +34,6 @@ OVERLAY_SIDE = 320
 def group_field(column: str, taken: Sequence[str]) -> str:
     """The record field of a group column: its own name, or ``group_<name>`` when a record field has that name."""
     return column if column not in taken else f"group_{column}"
-
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> str:
-    """One CSV cell. Text that a spreadsheet would run as a formula (``=cmd|...``, from a file, class or group name)
-    gets a leading ``'`` (OWASP's CSV-injection advice); numbers are written as they are. ``images.jsonl`` keeps
-    every value verbatim."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, list):
-        value = "; ".join(str(v) for v in value)
-    if isinstance(value, str):
-        return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
-    return str(value)
-
-
-def csv_text(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """``images.csv``: one row per record, the given columns (booleans as 1/0, lists joined by ``; ``)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for record in records:
-        writer.writerow([_cell(record.get(c)) for c in columns])
-    return buffer.getvalue()
 
 
 def _jsonl_text(records: Sequence[dict[str, Any]]) -> str:

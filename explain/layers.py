@@ -80,7 +80,8 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -89,7 +90,14 @@ from torch.overrides import TorchFunctionMode
 from explain.errors import LayerError, TargetError, UsageError
 from explain.modules import resolve_layer
 
-__all__ = ["LayerInfo", "layer_table", "receptive_field"]
+if TYPE_CHECKING:
+    from explain.backbones.base import Backbone
+    from explain.manifest import Manifest
+
+__all__ = ["LAYERS_CSV", "LayerInfo", "layer_table", "layers_manifest", "receptive_field", "write_layers"]
+
+LAYERS_CSV = "layers.csv"
+"""The layer table as CSV in a ``layers --out`` folder."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -240,6 +248,35 @@ def layer_table(
         tracker.clear()
 
     return [_info(name, module, runs[name]) for module, name in names.items()]
+
+
+def layers_manifest(
+    backbone: Backbone, rows: Sequence[LayerInfo], input_size: tuple[int, int], argv: Sequence[str] = ()
+) -> Manifest:
+    """The manifest of a ``layers`` run: one item per row of the table (:meth:`LayerInfo.as_dict`), with the input
+    size and the backbone's default CAM and feature layers at run level."""
+    from explain.manifest import Manifest
+
+    extra = {"input_size": list(input_size), "default_layer": backbone.default_layer,
+             "feature_layer": backbone.feature_layer}
+    return Manifest(command="layers", argv=list(argv), model=backbone.manifest_record(),
+                    items=[row.as_dict() for row in rows], extra=extra)
+
+
+def write_layers(manifest: Manifest, out: Path) -> None:
+    """Write the table of a :func:`layers_manifest` as ``layers.csv`` into ``out`` (sizes as ``32x112x112``) and
+    list it under the manifest's ``outputs``; the caller saves the manifest last."""
+    from explain.manifest import csv_text, write_text
+
+    columns = [name for name in LayerInfo.__dataclass_fields__]
+    def cell(value: Any) -> Any:
+        if isinstance(value, list):
+            return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return value
+
+    cells = [{key: cell(value) for key, value in item.items()} for item in manifest.items]
+    write_text(Path(out) / LAYERS_CSV, csv_text(cells, columns))
+    manifest.extra["outputs"] = {"table": LAYERS_CSV}
 
 
 def receptive_field(

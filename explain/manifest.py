@@ -16,7 +16,9 @@ An output folder is used in two steps:
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -273,3 +275,32 @@ def safe_stem(display: str) -> str:
     if suffix.lower() in _RUN_FILE_SUFFIXES:
         cleaned = f"{cleaned[: -len(suffix)]}_{suffix[1:]}"
     return cleaned or "image"
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    """One CSV cell. Text that a spreadsheet would run as a formula (``=cmd|...``, from a file, class or group name)
+    gets a leading ``'`` (OWASP's CSV-injection advice); numbers are written as they are. The JSON outputs keep
+    every value verbatim."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, list):
+        value = "; ".join(str(v) for v in value)
+    if isinstance(value, str):
+        return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
+    return str(value)
+
+
+def csv_text(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A CSV table: one row per record, the given columns (booleans as 1/0, lists joined by ``; ``, formula-like
+    text quoted)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow([_cell(record.get(c)) for c in columns])
+    return buffer.getvalue()

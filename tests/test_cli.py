@@ -168,7 +168,7 @@ def test_atomic_writes_leave_no_temporary_and_normal_permissions(tmp_path: Path)
 def test_layers_vgg16_table() -> None:
     result = run("layers", "--model", "vgg16", "--weights", "none", "--json")
     assert result.exit_code == 0, result.output
-    rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
+    rows = {r["name"]: r for r in json.loads(result.stdout)["items"]}
     pools = [rows[f"features.{i}"]["output_shape"] for i in (4, 9, 16, 23, 30)]
     assert pools == [[64, 112, 112], [128, 56, 56], [256, 28, 28], [512, 14, 14], [512, 7, 7]]  # M/2 .. M/32
     assert rows["features.28"]["receptive_field"] == [196, 196] and rows["features.28"]["jump"] == [16, 16]
@@ -182,6 +182,25 @@ def test_layers_embedded_model_shows_tf_same_padding() -> None:
     assert result.exit_code == 0
     line = next(line for line in result.stdout.splitlines() if line.startswith("_conv_stem"))
     assert "tf-same" in line and "32x112x112" in line
+
+
+def test_layers_out_writes_the_table_and_a_manifest(tmp_path: Path) -> None:
+    """`layers` takes the shared --out/--quiet/--device options: the CSV holds the same rows as the manifest."""
+    import csv
+
+    out = tmp_path / "layers"
+    result = run("layers", "--model", "resnet18", "--weights", "none", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # --quiet: no table
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "layers" and manifest["input_size"] == [224, 224]
+    with open(out / manifest["outputs"]["table"], newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["name"] for row in table] == [item["name"] for item in manifest["items"]]
+    conv1 = next(row for row in table if row["name"] == "layer4.1.conv2")
+    assert conv1["output_shape"] == "512x7x7" and conv1["jump"] == "32x32" and conv1["params"] == str(512 * 512 * 9)
+    refused = run("layers", "--weights", "none", "--device", "cuda")
+    assert refused.exit_code == 2 and "cuda" in refused.output.lower() and "Traceback" not in refused.output
 
 
 def test_bad_files_with_decoding_workers(tmp_path: Path, samples: Path) -> None:

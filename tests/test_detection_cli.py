@@ -136,7 +136,7 @@ def test_layers_lists_detector_layers():
     result = run("layers", "--model", DETECTOR, "--weights", "none", "--size", "128", "--json")
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    names = {row["name"] for row in payload["layers"]}
+    names = {row["name"] for row in payload["items"]}
     assert payload["default_layer"] == "backbone.body.16" and "backbone.fpn.layer_blocks.0" in names
 
 
