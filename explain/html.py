@@ -15,7 +15,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["CSP", "Markup", "canvas_png_uri", "esc", "figure_data_uri", "img", "join", "page", "png_data_uri", "table"]
+__all__ = ["CSP", "Markup", "canvas_data_uri", "esc", "figure_data_uri", "img", "join", "page", "png_data_uri", "table"]
 
 CSP = "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 """The pages' Content-Security-Policy: no scripts, no fetches, images only embedded or next to the page."""
@@ -130,12 +130,18 @@ def figure_data_uri(figure: Any, fmt: str = "png", dpi: int = 110) -> str:
     return _data_uri(buffer.getvalue(), mime)
 
 
-def canvas_png_uri(figure: Any) -> str:
-    """Render a figure once, at its own size and dpi, into a quickly compressed PNG ``data:`` URI.
+def canvas_data_uri(figure: Any, fmt: str = "PNG", quality: int = 92) -> str:
+    """Render a figure once, at its own size and dpi, into a quickly encoded ``data:`` URI.
 
     For figures whose layout is already tight (``layout="constrained"``): about twice as fast as
-    :func:`figure_data_uri` (``savefig(bbox_inches="tight")`` draws twice, and zlib level 6 is slower than level 1);
-    the PNG is some 10 % larger.
+    :func:`figure_data_uri` (``savefig(bbox_inches="tight")`` draws twice, and zlib level 6 is slower than level 1).
+
+    Args:
+        figure: a ``matplotlib.figure.Figure``.
+        fmt: ``"PNG"`` (lossless, zlib level 1: plots with flat colours) or ``"JPEG"`` (figures made mostly of photos
+            and maps: about a quarter of the PNG's size; full-resolution colour, no chroma subsampling, so thin
+            coloured detail such as guided-backprop edges and the text stay crisp).
+        quality: JPEG quality.
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,8 +149,12 @@ def canvas_png_uri(figure: Any) -> str:
 
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
+    picture = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(buffer, format="PNG", compress_level=1)
+    if fmt.upper() == "JPEG":
+        picture.save(buffer, format="JPEG", quality=quality, subsampling=0, optimize=True)
+        return _data_uri(buffer.getvalue(), "image/jpeg")
+    picture.save(buffer, format="PNG", compress_level=1)
     return _data_uri(buffer.getvalue(), "image/png")
 
 

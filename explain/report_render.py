@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from explain.html import Markup, canvas_png_uri, esc, img, join, png_data_uri, table
+from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
 if TYPE_CHECKING:
@@ -273,12 +273,13 @@ def _draw_header(fig: FigureBase, page: ReportPage) -> None:
 
 
 def _standalone(draw: Any, page: ReportPage, size: tuple[float, float]) -> str:
-    """Draw one section into its own figure and embed it as a PNG ``data:`` URI."""
+    """Draw one section into its own figure and embed it as a JPEG ``data:`` URI (photos and maps: a PNG would be
+    four times larger; see :func:`~explain.html.canvas_data_uri`)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, layout="constrained", dpi=FIGURE_DPI)
     draw(fig, page)
-    return canvas_png_uri(fig)
+    return canvas_data_uri(fig, fmt="JPEG")
 
 
 def pdf_figure(page: ReportPage) -> Figure:

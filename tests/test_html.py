@@ -63,6 +63,39 @@ def test_png_data_uri_round_trips_and_shrinks() -> None:
     assert gray.dtype == np.uint8 and int(gray[0, 0]) == 128
 
 
+def test_canvas_data_uri_jpeg_is_close_to_the_png_and_much_smaller() -> None:
+    """A photo-like figure: the JPEG keeps full-resolution colour (no 4:2:0 smearing of thin coloured lines) and is a
+    fraction of the lossless PNG."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from explain.html import canvas_data_uri
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:160, 0:160] / 160.0
+    photo = np.stack([np.sin(6 * x + 3 * y), np.cos(5 * y), x * y], axis=-1) * 0.4 + 0.5
+    photo += rng.normal(0.0, 0.08, photo.shape)
+    photo[::9, :, 0] = 1.0  # thin red lines
+    photo[::9, :, 1:] = 0.0
+
+    def draw() -> Figure:
+        fig = Figure(figsize=(3, 3), dpi=100, layout="constrained")
+        fig.add_subplot().imshow(np.clip(photo, 0, 1))
+        return fig
+
+    def decode(uri: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), float)
+
+    png, jpeg = canvas_data_uri(draw()), canvas_data_uri(draw(), fmt="JPEG")
+    assert png.startswith("data:image/png;base64,") and jpeg.startswith("data:image/jpeg;base64,")
+    assert len(jpeg) < 0.5 * len(png)
+    lossless, lossy = decode(png), decode(jpeg)
+    assert np.abs(lossless - lossy).mean() < 4.0
+    red_rows = (lossless[..., 0] > 200) & (lossless[..., 1] < 60)  # the thin red lines keep their colour
+    assert red_rows.sum() > 500 and np.median(lossy[red_rows][:, 1]) < 90
+
+
 def test_browser_harness_sees_broken_images_console_errors_and_dialogs(tmp_path: Path) -> None:
     bad = tmp_path / "bad.html"
     bad.write_text('<!DOCTYPE html><html><body><img src="missing.png"><script>console.error("boom");alert("hi")'
