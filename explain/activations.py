@@ -191,7 +191,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer: str) -> FeatureMaps:
     from explain.hooks import LayerTap, eval_mode
 
     with eval_mode(model), LayerTap(model, [layer], spatial=[layer]) as tap, torch.no_grad():
-        output = model(x)
+        output = model(x.detach().clone())  # a copy: a model may modify its input in place
     tap.require_all()
     maps = tap.outputs[layer].detach().float().cpu().numpy()
     return FeatureMaps(layer=layer, maps=maps, output=output)
@@ -283,9 +283,10 @@ def effective_receptive_field(model: nn.Module, x: torch.Tensor, unit: NeuronTar
 
     if not unit.is_unit:
         raise TargetError(f"{unit} is a channel, not a unit: give LAYER:CHANNEL:Y:X")
-    inputs = x.detach().clone().requires_grad_(True)
-    with eval_mode(model), LayerTap(model, [unit.layer], spatial=[unit.layer]) as tap, torch.enable_grad():
-        model(inputs)
+    with torch.inference_mode(False), eval_mode(model), LayerTap(model, [unit.layer], spatial=[unit.layer]) as tap, \
+            torch.enable_grad():
+        inputs = x.detach().clone().requires_grad_(True)  # a normal tensor even for a caller in inference mode
+        model(inputs.clone())  # a non-leaf copy: a model may modify its input in place, which a leaf forbids
         tap.require_all()
         out = tap.outputs[unit.layer]
         check_unit(unit, tuple(int(s) for s in out.shape[1:]))  # type: ignore[arg-type]

@@ -329,7 +329,7 @@ class ClassificationTask(AuditTask):
         trained model predicts (recomputed here in one pass; the records hold the same class)."""
         import torch
 
-        from explain.hooks import channels_last_layout, prefers_channels_last
+        from explain.hooks import channels_last_layout, eval_mode, prefers_channels_last
         from explain.metrics import sanity_cascade
 
         if x is None or not keys:
@@ -338,8 +338,9 @@ class ClassificationTask(AuditTask):
         x = x.to(self.device)
         step = (lambda: advance(1)) if advance is not None else None
         with channels_last_layout(model, prefers_channels_last(model)):
-            with torch.no_grad():
-                pred = model(x).argmax(1).cpu()
+            # eval mode as every engine (the user's flags come back); a copy, as a model may modify its input
+            with eval_mode(model), torch.no_grad():
+                pred = model(x.clone()).argmax(1).cpu()
             result = sanity_cascade(model, x, s.layer, pred, methods=(METHOD, REFERENCE_METHOD), seed=s.seed,
                                     scheme=s.randomisation, cascade=s.cascade, on_step=step)
         rho = {m: [[rounded(v) for v in row.tolist()] for row in values] for m, values in result.rho.items()}

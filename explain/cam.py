@@ -220,9 +220,9 @@ class BaseCAM(abc.ABC):
         device = model_device(self.model)
 
         with torch.inference_mode(False), eval_mode(self.model):
-            x = inputs.to(device) if device is not None else inputs
-            if x.is_inference():
-                x = x.clone()
+            # A copy, never the caller's storage: a model may modify its input in place (x.sub_(mean)), and an
+            # inference tensor could not be used for autograd.
+            x = (inputs.detach().to(device) if device is not None else inputs.detach()).clone()
             tap = LayerTap(
                 self.model,
                 [*self.layers, *neuron_layers],

@@ -92,6 +92,7 @@ def iter_batches(
     Yields:
         :class:`Batch` objects; a batch may hold only errors (``tensor is None``).
     """
+    import torch
     from torch.utils.data import DataLoader
 
     if batch_size < 1:
@@ -99,5 +100,8 @@ def iter_batches(
     loader = DataLoader(
         _ImageDataset(files, preprocess, max_pixels),  # type: ignore[arg-type]
         batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        # its own generator: the loader draws a base seed per pass, which would advance the caller's global random
+        # state (nothing here is random, so any fixed seed will do)
+        generator=torch.Generator().manual_seed(0),
     )
     yield from loader

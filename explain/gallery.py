@@ -525,7 +525,10 @@ def embed_files(
         return EmbedResult([], [], np.zeros((0, 0), np.float32), [], pooling)
     loader = DataLoader(_FeatureDataset(files, backbone.preprocess), batch_size=batch_size,  # type: ignore[arg-type]
                         shuffle=False, num_workers=workers, collate_fn=_collate,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        # its own generator: the loader draws a base seed per epoch, which would advance the
+                        # caller's global random state (nothing here is random, so any fixed seed will do)
+                        generator=torch.Generator().manual_seed(0))
 
     def stop(*_: Any) -> None:
         raise _Stop

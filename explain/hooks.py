@@ -50,12 +50,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def channels_last_layout(model: nn.Module, enabled: bool) -> Iterator[bool]:
     """Run ``model`` in the channels-last memory layout inside the block when possible; restore it afterwards.
 
-    Only a model whose 4-D parameters and buffers are all in the default layout is converted (so converting back
-    gives exactly what was there: same tensors, same values, ``.grad`` included). Yields whether it was converted.
+    Only a model whose 4-D parameters, their ``.grad`` and buffers are all in the default layout is converted (so
+    converting back gives exactly what was there: same tensors, same values, same layout). Yields whether it was
+    converted.
     """
     import itertools
 
-    tensors = [t for t in itertools.chain(model.parameters(), model.buffers()) if t.dim() == 4] if enabled else []
+    grads = (p.grad for p in model.parameters() if p.grad is not None)
+    every = itertools.chain(model.parameters(), grads, model.buffers())
+    tensors = [t for t in every if t.dim() == 4] if enabled else []
     if not tensors or not all(t.is_contiguous() for t in tensors):
         yield False
         return

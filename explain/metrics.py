@@ -519,7 +519,7 @@ def _recalibrate_norms(model: nn.Module, norms: list[nn.modules.batchnorm._Batch
                 m.momentum = None  # cumulative average: the mean of the passes' batch statistics
                 m.train()
             for start in range(0, len(data), chunk):
-                model(data[start : start + chunk].to(device))
+                model(data[start : start + chunk].to(device, copy=True))  # a copy: a model may modify its input
         finally:
             for m, momentum in saved:
                 m.momentum = momentum
@@ -580,20 +580,23 @@ def randomized_model(
         raise UsageError(f"unknown randomisation {scheme!r}; choose one of {', '.join(RANDOMISATIONS)}")
     chosen = _randomized_modules(model, cascade_from)  # validate before copying
     positions = {id(m): i for i, m in enumerate(model.modules())}
-    clone = copy.deepcopy(model)
-    clone_modules = list(clone.modules())
-    targets = [clone_modules[positions[id(m)]] for m in chosen]
-    device = model_device(clone, torch.device("cpu"))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        for module in targets:
-            _reinitialise(module, scheme)
-    norms = [m for m in targets if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in norms:
-        m.reset_running_stats()
-    if scheme == "recalibrated" and calibration is not None and norms:
-        _recalibrate_norms(clone, norms, calibration, CALIBRATION_CHUNK)
+    # inference_mode(False): under a caller's inference mode the copy's parameters would be inference tensors,
+    # which no gradient-based explanation of the copy could use.
+    with torch.inference_mode(False):
+        clone = copy.deepcopy(model)
+        clone_modules = list(clone.modules())
+        targets = [clone_modules[positions[id(m)]] for m in chosen]
+        device = model_device(clone, torch.device("cpu"))
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            for module in targets:
+                _reinitialise(module, scheme)
+        norms = [m for m in targets if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        for m in norms:
+            m.reset_running_stats()
+        if scheme == "recalibrated" and calibration is not None and norms:
+            _recalibrate_norms(clone, norms, calibration, CALIBRATION_CHUNK)
     return clone.eval()
 
 
@@ -850,7 +853,8 @@ def translation_test(
     shifts = [(0, shift), (0, -shift), (shift, 0), (-shift, 0)]
     n = inputs.shape[0]
     with eval_mode(model), torch.no_grad():
-        top1 = model(inputs.to(model_device(model, inputs.device))).argmax(1).cpu()
+        # a copy: a model may modify its input in place, and the shifted copies below are made from ``inputs``
+        top1 = model(inputs.to(model_device(model, inputs.device), copy=True)).argmax(1).cpu()
     batch = torch.cat([inputs, *(shift_images(inputs, dy, dx) for dy, dx in shifts)])  # original first, then shifts
     _, maps, logits = cams_for_classes(model, batch, layer, top1.repeat(len(shifts) + 1), method)
     probs = torch.softmax(logits, dim=1).view(len(shifts) + 1, n, -1)

@@ -104,6 +104,7 @@ def predict(
     """
     import torch
 
+    from explain.hooks import eval_mode
     from explain.manifest import Manifest
     from explain.run import RunSettings, for_each_batch
 
@@ -114,7 +115,8 @@ def predict(
     run = Manifest(command="predict")
 
     def handle(batch: Batch) -> list[dict[str, Any]]:
-        with torch.inference_mode():
+        # eval mode (BatchNorm running statistics, no dropout), the model's own training flags restored afterwards
+        with eval_mode(backbone.model), torch.inference_mode():
             logits = backbone.model(batch.tensor.to(settings.device))
         finite = torch.isfinite(logits).all(1).tolist()
         for sample, top, ok in zip(batch.samples, top_classes(logits, backbone.class_names, top_k), finite):
