@@ -378,14 +378,20 @@ def run_journaled(task: AuditTask, backbone: Backbone, inputs: AuditInputs, conf
     Raises:
         JournalMismatchError: ``out`` holds the journal of another configuration (and not ``restart``).
     """
+    from explain.device import model_device
     from explain.manifest import begin_output
 
     journal = Journal(out / JOURNAL, config, restart)
     begin_output(out)  # a resumed or restarted run is not the previous complete run until its manifest is written
+    home = model_device(backbone.model)
     backbone.model.to(settings.device)
-    preprocess = task.input_preprocess(backbone.preprocess)
-    _run_batches(task, inputs, journal, preprocess, settings)
-    _run_final(task, inputs, journal, preprocess, settings)
+    try:
+        preprocess = task.input_preprocess(backbone.preprocess)
+        _run_batches(task, inputs, journal, preprocess, settings)
+        _run_final(task, inputs, journal, preprocess, settings)
+    finally:
+        if home is not None:
+            backbone.model.to(home)  # the caller's model goes back where it was
     return journal
 
 

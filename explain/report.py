@@ -383,7 +383,7 @@ class Reporter:
         layers = [self.layer] + ([self.index.layer] if self.index is not None else [])
         device = model_device(model, inputs.device)
         with eval_mode(model), LayerTap(model, layers, spatial=[self.layer]) as tap, torch.no_grad():
-            model(inputs.to(device))
+            model(inputs.to(device, copy=True))  # a copy: a model may modify its input in place
         tap.require_all()
         maps = tap.outputs[self.layer].detach().float().cpu().numpy()
         if self.index is None:
