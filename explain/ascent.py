@@ -733,7 +733,16 @@ class _Probe:
 
 
 class _TooSmall(Exception):
-    """The probe image is too small for the network (message: why)."""
+    """The probe image is too small for the network (message: why).
+
+    Attributes:
+        failed: the model raised (rather than a convolution shrinking a map below 2 x 2), which may have another
+            cause than the size.
+    """
+
+    def __init__(self, message: str, failed: bool = False) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 def _probe(model: nn.Module, layers: Sequence[str], size: int, normalize: Callable[[torch.Tensor], torch.Tensor],
@@ -741,25 +750,29 @@ def _probe(model: nn.Module, layers: Sequence[str], size: int, normalize: Callab
     """One forward pass of a grey image: output shapes of ``layers`` and the model, and their order.
 
     Raises:
-        UsageError: the model cannot run at ``size``, or a convolution before the last needed layer would produce a
-            map smaller than 2 x 2 (the image is too small for the network's downsampling); the message suggests a
-            size that works, found by probing larger sizes.
+        UsageError: the model cannot run at ``size``, or a convolution before the last needed layer would shrink a
+            map of at least 2 x 2 to one smaller than that (the image is too small for the network's downsampling;
+            convolutions that get a 1 x 1 map anyway, as in squeeze-excite blocks, do not count). Larger sizes up
+            to :data:`MAX_SIZE` are probed: the message suggests one that works, or, when the model fails at every
+            size, says it fails on such an input at all (e.g. a model made for one-channel images).
         LayerError: a layer that does not run, or does not output a tensor.
     """
     try:
         return _probe_once(model, layers, size, normalize, device)
     except _TooSmall as exc:
-        reason = str(exc)
-    works = None
+        reason, failed = str(exc), exc.failed
     bigger = size * 2
-    while bigger <= 4096 and works is None:
+    while bigger <= MAX_SIZE:
         try:
             _probe_once(model, layers, bigger, normalize, device)
-            works = bigger
         except _TooSmall:
             bigger *= 2
-    hint = f"use --size {works} or more" if works else "use a larger --size"
-    raise UsageError(f"--size {size} is too small for this model: {reason}; {hint}")
+            continue
+        raise UsageError(f"--size {size} is too small for this model: {reason}; use --size {bigger} or more")
+    if failed:
+        raise UsageError(f"the model cannot run on a 1x3x{size}x{size} image at this or any larger --size up to "
+                         f"{MAX_SIZE}: {reason}")
+    raise UsageError(f"--size {size} is too small for this model: {reason}; use a larger --size")
 
 
 def _probe_once(model: nn.Module, layers: Sequence[str], size: int,
@@ -772,7 +785,10 @@ def _probe_once(model: nn.Module, layers: Sequence[str], size: int,
 
     def conv_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
+            # A convolution that gets a map already smaller than 2 x 2 (a squeeze-excite block's 1 x 1 pooled
+            # input) did not shrink it: only one that downsamples a larger map to below 2 x 2 says "too small".
+            given = args[0] if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 else None
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and (given is None or min(given.shape[-2:]) >= 2):
                 events.append((name, tuple(output.shape[-2:])))
 
         return hook
@@ -801,7 +817,8 @@ def _probe_once(model: nn.Module, layers: Sequence[str], size: int,
                 out = model(x)
         except (RuntimeError, ValueError, IndexError) as exc:
             text = str(exc).strip()
-            raise _TooSmall(f"it fails with: {text.splitlines()[0] if text else type(exc).__name__}") from None
+            raise _TooSmall(f"it fails with: {text.splitlines()[0] if text else type(exc).__name__}",
+                            failed=True) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -963,7 +980,9 @@ def ascend(
         device = torch.device("cpu")
     size = int(cfg.size)  # type: ignore[arg-type]
 
-    with eval_mode(model):
+    # inference_mode(False): a caller inside torch.inference_mode() would otherwise get inference tensors, which
+    # autograd refuses; the caller's modes come back on exit.
+    with torch.inference_mode(False), eval_mode(model):
         probe = _probe(model, layers, size, normalize, device)
         checked = [o.check(probe.shapes) for o in objectives]
         engine = _Engine(model, checked, cfg, normalize, seeds, probe, device)

@@ -215,6 +215,17 @@ def test_errors_are_clear(tiny: Tiny) -> None:
         ascend(tiny, [], fast())
 
 
+def test_a_model_that_fails_at_every_size_is_not_called_too_small() -> None:
+    """A model made for one-channel images fails whatever the size: the error says so, and the search for a size
+    that works stops at the --size limit (no 4096 px probe)."""
+    sizes: list[int] = []
+    gray = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    gray[0].register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[-1]))
+    with pytest.raises(UsageError, match=r"cannot run on a 1x3x64x64 image .* up to 1024: it fails with: .*channels"):
+        ascend(gray, [ClassLogit(1)], fast(size=64))
+    assert sizes == [64, 128, 256, 512, 1024]
+
+
 # --- regularisers and parameterisations ---------------------------------------------------------------------
 def test_regularisers_do_what_they_say(tiny: Tiny) -> None:
     objective = [ClassLogit(3)]
