@@ -79,12 +79,26 @@ def write_npy(path: Path, array: Any) -> Path:
     return atomic_write(path, lambda h: np.save(h, arr, allow_pickle=False))
 
 
+PAPER_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}
+"""matplotlib settings for PDF figures: TrueType (Type 42) fonts, not matplotlib's default Type 3, which publishers'
+checkers (IEEE PDF eXpress, ACM) reject and which some viewers render poorly."""
+
+
 def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
-    """Atomically save a matplotlib figure; the format comes from the file suffix (png, svg, pdf)."""
+    """Atomically save a matplotlib figure; the format comes from the file suffix (png, svg, pdf).
+
+    PDFs embed their fonts as TrueType (:data:`PAPER_FONTS`)."""
+    import matplotlib
+
     fmt = path.suffix.lstrip(".").lower()
     # Light PNG compression: level 1 files are ~15% larger than level 6 and several times faster to write.
     extra = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
-    return atomic_write(path, lambda h: figure.savefig(h, format=fmt, dpi=dpi, **extra))
+
+    def save(handle: IO[bytes]) -> None:
+        with matplotlib.rc_context(PAPER_FONTS):
+            figure.savefig(handle, format=fmt, dpi=dpi, **extra)
+
+    return atomic_write(path, save)
 
 
 def _folder_error(out: Path, exc: OSError) -> UsageError:

@@ -531,9 +531,14 @@ def run_report(
 
     if opts.fmt == "pdf":
         def write_pdf(handle: Any) -> None:
+            import matplotlib
             from matplotlib.backends.backend_pdf import PdfPages
 
-            with PdfPages(handle, metadata={"Creator": "cnn-explain report"}) as pdf:
+            from explain.manifest import PAPER_FONTS
+
+            # the fonts are written when the file closes: TrueType for the whole life of the PdfPages
+            with matplotlib.rc_context(PAPER_FONTS), \
+                    PdfPages(handle, metadata={"Creator": "cnn-explain report"}) as pdf:
                 def pdf_batch(batch: Any) -> list[dict[str, Any]]:
                     items = []
                     for sample, page in pages(batch):

@@ -251,3 +251,22 @@ def test_the_root_and_pseudo_file_systems_are_refused_as_out(one_photo: Path) ->
             check_output_folder("/proc")  # root may write anywhere by permission bits: the probe file tells
     result = run("cam", str(one_photo), "--out", "/", "--quiet")
     assert result.exit_code == 2 and "refusing to write into /" in result.stderr
+
+
+def test_pdf_figures_embed_truetype_fonts(tmp_path: Path) -> None:
+    """PDF figures for papers: TrueType (Type 42) fonts, never matplotlib's default Type 3; the caller's matplotlib
+    settings are left alone."""
+    import re
+
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from explain.manifest import write_figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().set_title("tiger cat (282) · p 0.39")
+    before = matplotlib.rcParams["pdf.fonttype"]
+    data = write_figure(tmp_path / "f.pdf", fig).read_bytes()
+    fonts = set(re.findall(rb"/Subtype\s*/(Type3|TrueType|CIDFontType2|Type1)\b", data))
+    assert fonts and b"Type3" not in fonts
+    assert matplotlib.rcParams["pdf.fonttype"] == before

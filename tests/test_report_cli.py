@@ -137,6 +137,8 @@ def test_pdf_has_one_page_per_good_image(tmp_path: Path, samples: Path) -> None:
     data = (out / "report.pdf").read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
     assert _pdf_pages(data) == 2
+    fonts = set(re.findall(rb"/Subtype\s*/(Type3|TrueType|CIDFontType2|Type1)\b", data))
+    assert fonts and b"Type3" not in fonts  # TrueType fonts, as publishers' checkers want
     assert not list(out.glob("*.html")) and not list(out.glob(".*.tmp"))
 
 
