@@ -222,7 +222,7 @@ class BaseCAM(abc.ABC):
         with torch.inference_mode(False), eval_mode(self.model):
             # A copy, never the caller's storage: a model may modify its input in place (x.sub_(mean)), and an
             # inference tensor could not be used for autograd.
-            x = (inputs.detach().to(device) if device is not None else inputs.detach()).clone()
+            x = inputs.detach().to(device if device is not None else inputs.device, copy=True)
             tap = LayerTap(
                 self.model,
                 [*self.layers, *neuron_layers],
