@@ -9,9 +9,9 @@ as ``cnn-explain audit --groups`` expects.
 Run::
 
     python bench/caltech_groups.py ../shared/data/caltech101-25x30 \
-        --labels ../shared/data/caltech101-25x30/labels.csv --out caltech-groups.csv
+        --labels ../shared/data/caltech101-25x30/labels.csv --out out/caltech-groups.csv
     cnn-explain audit ../shared/data/caltech101-25x30 --labels ../shared/data/caltech101-25x30/labels.csv \
-        --groups caltech-groups.csv --out caltech-audit
+        --groups out/caltech-groups.csv --out out/caltech-audit
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     with open(args.labels, newline="", encoding="utf-8-sig") as handle:
         paths = [row["path"] for row in csv.DictReader(handle)]
     counts = {"grayscale": 0, "colour": 0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "colour"])
