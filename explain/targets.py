@@ -47,7 +47,8 @@ _TOPK = re.compile(r"^top(\d+)$", re.IGNORECASE)
 def resolve_class(spec: str | int, class_names: Sequence[str]) -> int:
     """Turn a class index or name into an index.
 
-    Names match case-insensitively: an exact name first, otherwise a unique prefix.
+    Names match case-insensitively: an exact name first, otherwise a unique prefix. When two names differ only in
+    case (ImageNet's "cardigan" and "Cardigan"), the one spelled exactly as given wins; other spellings are ambiguous.
 
     Raises:
         TargetError: index out of range, unknown name, or a name/prefix that matches several classes.
@@ -63,6 +64,8 @@ def resolve_class(spec: str | int, class_names: Sequence[str]) -> int:
         raise TargetError("empty class name")
     lowered = text.lower()
     exact = [i for i, name in enumerate(class_names) if name.lower() == lowered]
+    if len(exact) > 1:  # ImageNet has "cardigan" (474) and "Cardigan" (264, the corgi): the exact spelling decides
+        exact = [i for i in exact if class_names[i] == text] or exact
     matches = exact or [i for i, name in enumerate(class_names) if name.lower().startswith(lowered)]
     if len(matches) == 1:
         return matches[0]

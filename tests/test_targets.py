@@ -1,0 +1,57 @@
+"""Class and neuron target parsing (explain/targets.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from explain.errors import TargetError
+from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target, resolve_class
+
+NAMES = ["tabby", "tiger cat", "catamaran", "cardigan", "Cardigan", "crane", "crane", "cup"]
+
+
+@pytest.fixture(scope="module")
+def imagenet() -> list[str]:
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def test_indices_exact_names_and_unique_prefixes() -> None:
+    assert resolve_class("2", NAMES) == 2 and resolve_class(7, NAMES) == 7
+    assert resolve_class("TIGER CAT", NAMES) == 1  # case-insensitive
+    assert resolve_class("tab", NAMES) == 0 and resolve_class(" cu ", NAMES) == 7
+    assert resolve_class("cat", NAMES) == 2  # the unique prefix rule of DESIGN ("tiger cat" does not start with it)
+
+
+def test_names_that_differ_only_in_case_are_told_apart_by_their_spelling(imagenet: list[str]) -> None:
+    assert resolve_class("cardigan", NAMES) == 3 and resolve_class("Cardigan", NAMES) == 4
+    with pytest.raises(TargetError, match="ambiguous: it matches 3 \\(cardigan\\), 4 \\(Cardigan\\)"):
+        resolve_class("CARDIGAN", NAMES)
+    assert resolve_class("cardigan", imagenet) == 474 and resolve_class("Cardigan", imagenet) == 264
+
+
+def test_errors_say_what_is_wrong() -> None:
+    with pytest.raises(TargetError, match="out of range: the model has 8 classes \\(0..7\\)"):
+        resolve_class("8", NAMES)
+    with pytest.raises(TargetError, match="ambiguous"):
+        resolve_class("crane", NAMES)  # two classes with the very same name
+    with pytest.raises(TargetError, match="ambiguous"):
+        resolve_class("ca", NAMES)
+    with pytest.raises(TargetError, match="unknown class name 'tabbby'.*tabby"):
+        resolve_class("tabbby", NAMES)
+    with pytest.raises(TargetError, match="empty"):
+        resolve_class("  ", NAMES)
+
+
+def test_parse_target_and_neuron() -> None:
+    assert parse_target("top3", NAMES) == TopK(3) and parse_target("Top1", NAMES) == TopK(1)
+    assert parse_target("cup", NAMES) == ClassTarget(7)
+    with pytest.raises(TargetError, match="k must be between 1 and the number of classes \\(8\\)"):
+        parse_target("top9", NAMES)
+    assert parse_neuron("features.4:12") == NeuronTarget("features.4", 12)
+    unit = parse_neuron("features.4:12:3:5")
+    assert unit.is_unit and (unit.y, unit.x) == (3, 5) and str(unit) == "features.4:12:3:5"
+    for bad in ("features.4", "features.4:a", "features.4:1:2", ":3"):
+        with pytest.raises(TargetError, match="expected LAYER:CHANNEL"):
+            parse_neuron(bad)
