@@ -287,13 +287,19 @@ def _describe(model: dict[str, Any], layer: str) -> str:
     return f"{model.get('name')} (weights {model.get('weights')}, layer {layer})"
 
 
-def _model_args(model: dict[str, Any], default_note: bool = False) -> str:
-    """The ``--model``/``--weights`` options that load ``model`` (a :func:`backbone_record`); with ``default_note``
-    default weights are spelled out (``... without --weights``), for users who passed other weights."""
+def _load_args(model: dict[str, Any]) -> tuple[str, bool]:
+    """``--model`` and ``--weights`` that load ``model`` (a :func:`backbone_record`), and whether its weights are
+    the default ones (no ``--weights``)."""
     weights = model.get("weights_arg") or ("none" if model.get("weights") == "none" else None)
-    if weights:
-        return f"--model {model.get('name')} --weights {_quote(weights)}"
-    return f"--model {model.get('name')}" + (" without --weights" if default_note else "")
+    return f"--model {model.get('name')}" + (f" --weights {_quote(weights)}" if weights else ""), not weights
+
+
+def _model_args(model: dict[str, Any], layer: str | None = None) -> str:
+    """:func:`_load_args` and ``--layer`` when given, with default weights said in words (for users who passed
+    other weights)."""
+    args, default = _load_args(model)
+    args += f" --layer {layer}" if layer else ""
+    return f"{args}, with its default weights" if default else args
 
 
 def check_compatible(index: FeatureIndex, model: dict[str, Any], layer: str | None = None, *,
@@ -322,12 +328,12 @@ def check_compatible(index: FeatureIndex, model: dict[str, Any], layer: str | No
     where = f" in {index.directory}" if index.directory else ""
     if purpose == "update":
         hint = (f"use another --out folder for this model, update this index with its model "
-                f"({_model_args(index.model, True)} --layer {index.layer}), or pass --rebuild to replace it")
+                f"({_model_args(index.model, index.layer)}), or pass --rebuild to replace it")
     else:
         rebuild = (f"cnn-explain index {_quote(index.root)} --out {_quote(index.directory or 'DIR')} "
-                   f"{_model_args(model)}" + (f" --layer {layer}" if layer != model.get("feature_layer") else "")
+                   f"{_load_args(model)[0]}" + (f" --layer {layer}" if layer != model.get("feature_layer") else "")
                    + " --rebuild")
-        hint = (f"pass the index's model ({_model_args(index.model, True)}), or rebuild the index for this model "
+        hint = (f"pass the index's model ({_model_args(index.model)}), or rebuild the index for this model "
                 f"with '{rebuild}'")
     raise IndexMismatchError(
         f"the index{where} holds features of {index.describe()}, but this run uses {_describe(model, layer)} "

@@ -196,7 +196,7 @@ def test_model_mismatch_hints_fit_the_command(built: Path, tmp_path: Path) -> No
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())  # undo line wrapping
     assert "this run uses resnet18 (weights none, layer avgpool)" in text
-    assert "pass the index's model (--model efficientnet_lite0 without --weights)" in text
+    assert "pass the index's model (--model efficientnet_lite0, with its default weights)" in text
     assert f"cnn-explain index {GALLERY} --out {built} --model resnet18 --weights none --rebuild" in text
     assert "another --out" not in text and "_avg_pooling) (different" not in text
     result = run("index", GALLERY, "--out", built, "--model", "resnet18", "--weights", "none", "--quiet")
