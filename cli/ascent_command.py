@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, progress_bar
+from cli.common import (
+    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar,
+)
 
 _OBJ = "Objectives"
 _OPT = "Optimisation"
@@ -120,5 +122,5 @@ def _summary(manifest: object, out: Path) -> None:
         prob = item.get("target", {}).get("prob")
         table.add_row(item["objective"]["label"], f"{item['value']:.3g}", "" if prob is None else f"{prob:.2f}",
                       str(item["steps"]), str(out / item["outputs"]["image"]))
-    console().print(table)
+    print_table(table)
     console().print(f"grid: {out / manifest.extra['outputs']['grid']}")  # type: ignore[attr-defined]

@@ -383,7 +383,7 @@ def target_summary(manifest: Manifest, out: Path, output_key: str) -> None:
         t = item["target"]
         label = f"{t['index']} {t['name']}" if "index" in t else t["neuron"]
         table.add_row(item["input"], label, f"{t['score']:.3g}", str(out / item["outputs"][output_key]))
-    console().print(table)
+    print_table(table)
 
 
 def console() -> Any:
@@ -391,6 +391,14 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def print_table(table: Any, out: Any = None) -> None:
+    """Print a rich table; in a narrow terminal long cells (layer names, model names, paths) wrap onto more lines
+    instead of being cut to "…", so every name can still be copied into an option."""
+    for column in table.columns:
+        column.overflow = "fold"
+    (out or console()).print(table)
 
 
 @contextmanager

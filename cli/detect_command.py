@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    OMIT, ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command,
+    OMIT, ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -120,6 +120,6 @@ def _summary(manifest: Manifest, out: Path, kind: str) -> None:
         else:
             what = f"{t['index']} {t['name']} ({t['pixels']} px)"
         table.add_row(item["input"], what, f"{t['score']:.4g}", str(out / item["outputs"]["figure"]))
-    console().print(table)
+    print_table(table)
     if not manifest.items:
         console().print("nothing explained (see the warnings above)")

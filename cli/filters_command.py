@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    ANY_TASK, OMIT, ImagesArg, ModelOptions, RunArgs, console, finish, handle_errors, model_command,
+    ANY_TASK, OMIT, ImagesArg, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table,
     run_image_command,
 )
 
@@ -68,7 +68,7 @@ def filters(
         for item in manifest.items:
             table.add_row(item["layer"], item["view"], f"{len(item['channels'])} of {item['out_channels']}",
                           str(out / item["outputs"]["figure"]))
-        console().print(table)
+        print_table(table)
     finish(manifest, out, run.as_json, len(manifest.items))
 
 
@@ -130,4 +130,4 @@ def _activation_summary(manifest: object, out: Path) -> None:
             share = "gradient all zero" if rf["all_zero"] else f"90% of |grad| in {rf['area_90']:.0%} of the box"
             what = f"unit {item['unit']}: {share}"
         table.add_row(item["input"], what, str(out / item["outputs"]["figure"]))
-    console().print(table)
+    print_table(table)

@@ -14,7 +14,7 @@ import typer
 
 from cli.common import (
     OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, console, finish, handle_errors,
-    model_command, stderr_line,
+    model_command, print_table, stderr_line,
 )
 from explain.errors import UsageError
 
@@ -240,7 +240,7 @@ def _print_neighbours(manifest: Any, out: Path) -> None:
         first = item["neighbours"][0]
         table.add_row(item["input"], first["path"], f"{first['distance']:.4g}",
                       str(first["class_name"] or first["label"] or ""), str(out / item["outputs"]["figure"]))
-    console().print(table)
+    print_table(table)
 
 
 def _print_purity(report: Any) -> None:
@@ -253,7 +253,7 @@ def _print_purity(report: Any) -> None:
     table.add_column("purity", justify="right")
     for k_, value in report.purity.items():
         table.add_row(str(k_), f"{value:.4f}")
-    console().print(table)
+    print_table(table)
 
 
 # --- tsne -----------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.common import OMIT, ANY_TASK, JsonOpt, ModelOptions, RunArgs, console, finish, handle_errors, model_command
+from cli.common import (
+    ANY_TASK, OMIT, JsonOpt, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table,
+)
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -47,7 +49,7 @@ def models(
         table.add_column(col)
     for row in rows:
         table.add_row(row["name"], row["family"], "yes" if row["offline"] else "no", row["weights"])
-    console().print(table)
+    print_table(table)
     console().print("Any model also runs with --weights none (random) or --weights FILE (your checkpoint).")
 
 
@@ -107,4 +109,4 @@ def _print_layer_table(backbone: Backbone, hw: tuple[int, int], table_rows: Sequ
         shape = "x".join(str(d) for d in r.output_shape) if r.output_shape else ""
         table.add_row(r.name, r.type, shape, pair(r.kernel), pair(r.stride), pair(r.padding),
                       pair(r.receptive_field), pair(r.jump), f"{r.params:,}")
-    console().print(table)
+    print_table(table)

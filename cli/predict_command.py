@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command
+from cli.common import (
+    ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
+)
 
 OptionalOutOpt = Annotated[Path | None, typer.Option(help="Folder for manifest.json (optional).", show_default=False)]
 
@@ -43,5 +45,5 @@ def _print_tables(manifest: Any) -> None:
         for rank, c in enumerate(item["prediction"], 1):
             bar = "█" * max(1, round(c["prob"] * 20))
             table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", bar)
-        out.print(table)
+        print_table(table, out)
         out.print()

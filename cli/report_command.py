@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, run_image_command,
+    ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def _summary(manifest: Manifest, out: Path) -> None:
         top: dict[str, Any] = item["explained"][0]
         where = item["outputs"].get("page") or f"{item['outputs']['pdf']} p. {item['outputs']['pdf_page']}"
         table.add_row(item["input"], f"{top['index']} {top['name']}", f"{top['prob']:.3f}", str(out / where))
-    console().print(table)
+    print_table(table)
     outputs = manifest.extra.get("outputs") or {}
     if "index" in outputs:
         console().print(f"open {out / outputs['index']}")

@@ -295,3 +295,25 @@ def test_audit_csv_cells_cannot_run_as_spreadsheet_formulas() -> None:
                     ["path", "group", "prob", "ok"])
     row = text.splitlines()[1]
     assert row.startswith("'=cmd|") and row.endswith(",'@SUM(1),-0.25,1")  # numbers stay numbers
+
+
+def test_tables_wrap_long_names_instead_of_cutting_them() -> None:
+    """In a narrow terminal a layer or model name wraps onto more lines; it is never cut to '…'."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cli.common import print_table
+
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    table = Table()
+    for col in ("model", "family", "weights"):
+        table.add_column(col)
+    table.add_row(name, "detection", "torch hub cache: fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth")
+    buffer = io.StringIO()
+    print_table(table, Console(file=buffer, width=40, highlight=False))
+    text = buffer.getvalue()
+    assert "…" not in text
+    cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))  # column 1
+    assert name in cells
