@@ -109,7 +109,7 @@ def ascent(
                                  on_step=lambda info: advance(1))
     if not run.as_json and not run.quiet:
         _summary(manifest, out)
-    finish(manifest, out, run.as_json, len(manifest.items))
+    finish(manifest, out, run.as_json, len(manifest.items), run.quiet)
 
 
 def _summary(manifest: object, out: Path) -> None:

@@ -309,12 +309,15 @@ def exit_code(n_ok: int, n_failed: int) -> int:
     return EXIT_PARTIAL if n_failed else EXIT_OK
 
 
-def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int) -> None:
-    """Write the manifest (last), print it with ``--json``, report failed inputs, and exit with the right code."""
+def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int, quiet: bool = False) -> None:
+    """Write the manifest (last), print it with ``--json`` (else say where it is, unless ``quiet``), report failed
+    inputs, and exit with the right code."""
     if out is not None:
         manifest.save(out)
     if as_json:
         sys.stdout.write(manifest.to_json() + "\n")
+    elif out is not None and not quiet:
+        stderr_line(f"outputs in {out}{os.sep} (manifest.json lists them)")
     report_errors(manifest.errors)
     code = exit_code(n_ok, len(manifest.errors))
     if n_ok == 0 and not manifest.errors:
@@ -369,7 +372,7 @@ def run_image_command(
         stderr_line(f"warning: {warning}")
     if summarize is not None and not run.as_json and (summary_is_result or not run.quiet):
         summarize(manifest)
-    finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}))
+    finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}), run.quiet)
 
 
 def target_summary(manifest: Manifest, out: Path, output_key: str) -> None:

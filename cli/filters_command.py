@@ -69,7 +69,7 @@ def filters(
             table.add_row(item["layer"], item["view"], f"{len(item['channels'])} of {item['out_channels']}",
                           str(out / item["outputs"]["figure"]))
         print_table(table)
-    finish(manifest, out, run.as_json, len(manifest.items))
+    finish(manifest, out, run.as_json, len(manifest.items), run.quiet)
 
 
 @handle_errors

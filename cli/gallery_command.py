@@ -150,7 +150,7 @@ def index(
             f"unchanged {update.unchanged}, failed {len(update.errors)}"
             + (f" · {labelled} labelled, {classes_n} classes" if labelled else " · no labels"))
     _print_warnings(manifest, run.quiet)
-    finish(manifest, out, run.as_json, len(update.index))
+    finish(manifest, out, run.as_json, len(update.index), run.quiet)
 
 
 # --- neighbours -----------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def neighbours(
             _print_purity(report)
     _print_warnings(manifest, run.quiet)
     n_ok = len(manifest.items) if files or find_errors else 1
-    finish(manifest, out, run.as_json, n_ok)
+    finish(manifest, out, run.as_json, n_ok, run.quiet)
 
 
 def _print_warnings(manifest: Any, quiet: bool) -> None:
@@ -335,7 +335,7 @@ def tsne(
             + (f"{value:.4f}" if value is not None else "n/a")
             + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")
     _print_warnings(manifest, run.quiet)
-    finish(manifest, out, run.as_json, len(idx))
+    finish(manifest, out, run.as_json, len(idx), run.quiet)
 
 
 def _map_index(gallery: Path, folder: Path, model_options: ModelOptions, layer: str | None, labels: str | None,

@@ -84,7 +84,7 @@ def layers(
         write_layers(manifest, out)
     if not run.as_json and not run.quiet:
         _print_layer_table(backbone, hw, table_rows)
-    finish(manifest, out, run.as_json, len(table_rows))
+    finish(manifest, out, run.as_json, len(table_rows), run.quiet)
 
 
 def _print_layer_table(backbone: Backbone, hw: tuple[int, int], table_rows: Sequence[LayerInfo]) -> None:

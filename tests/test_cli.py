@@ -191,7 +191,9 @@ def test_layers_out_writes_the_table_and_a_manifest(tmp_path: Path) -> None:
     out = tmp_path / "layers"
     result = run("layers", "--model", "resnet18", "--weights", "none", "--out", str(out), "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.stdout == ""  # --quiet: no table
+    assert result.stdout == "" and "outputs in" not in result.output  # --quiet: no table, no "where" line
+    told = run("layers", "--model", "resnet18", "--weights", "none", "--out", str(tmp_path / "again"))
+    assert f"outputs in {tmp_path / 'again'}" in told.stderr and "outputs in" not in told.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "layers" and manifest["input_size"] == [224, 224]
     with open(out / manifest["outputs"]["table"], newline="") as handle:
