@@ -303,7 +303,8 @@ class BaseCAM(abc.ABC):
         if neuron is not None:
             return LayerError(
                 f"neuron {neuron} does not depend on layer {layer!r} (its layer runs before {layer!r} or on another "
-                f"branch); explain a neuron at a layer that comes before {neuron.layer!r}"
+                f"branch); pass --layer with a layer that runs before {neuron.layer!r} ('cnn-explain layers' lists "
+                "them in order)"
             )
         return LayerError(f"the model's output does not depend on layer {layer!r}; choose a layer on the path to it")
 

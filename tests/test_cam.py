@@ -511,7 +511,8 @@ def test_errors(images: torch.Tensor) -> None:
         compute_cams(model, images, ["layer4"], [ClassTarget(-1)])
     with pytest.raises(TargetError, match="top1001"):
         compute_cams(model, images, ["layer4"], [TopK(1001)])
-    with pytest.raises(LayerError, match="neuron layer3:1 does not depend on layer 'layer4'"):
+    with pytest.raises(LayerError, match="neuron layer3:1 does not depend on layer 'layer4'.*"
+                                         "pass --layer with a layer that runs before 'layer3'"):
         compute_cams(model, images, ["layer4"], [NeuronTarget("layer3", 1)])
     with pytest.raises(UsageError, match="unknown CAM method 'gradcam\\+\\+\\+'"):
         compute_cams(model, images, ["layer4"], [TopK(1)], method="gradcam+++")
