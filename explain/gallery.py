@@ -205,6 +205,14 @@ class FeatureIndex:
         """``efficientnet_lite0 (weights ..., layer ...)`` for messages."""
         return _describe(self.model, self.layer)
 
+    def rows_of(self, sha256s: Sequence[str]) -> np.ndarray:
+        """For each file hash, the first row holding the same bytes, or ``-1``: a query that is itself in the
+        gallery, to leave out of its own neighbours (``search(..., exclude=...)``)."""
+        first: dict[str, int] = {}
+        for row, entry in enumerate(self.entries):
+            first.setdefault(entry.sha256, row)
+        return np.array([first.get(h, -1) for h in sha256s], dtype=np.int64)
+
 
 @dataclass
 class IndexUpdate:

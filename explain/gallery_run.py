@@ -396,7 +396,9 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
         manifest.add_error(err.path, err.reason)
     if not result.rows:
         return manifest
-    found = search(result.features, index.features, opts.k, opts.metric, backend=opts.backend, progress=progress)
+    itself = index.rows_of(result.sha256)  # a query that is in the gallery is not its own nearest neighbour
+    found = search(result.features, index.features, opts.k, opts.metric, exclude=itself, backend=opts.backend,
+                   progress=progress)
     manifest.extra["backend"] = found.backend
     stems = output_stems([files[r].display for r in result.rows])
     drawn = min(found.ids.shape[1], MAX_FIGURE_NEIGHBOURS)
@@ -420,8 +422,12 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
                                 thumbs, captions, opts.thumb)
         rel = f"{stems[q]}/neighbours.{fmt}"
         write_figure(out / rel, fig)
-        manifest.items.append({"input": file.display, "input_sha256": result.sha256[q], "neighbours": neighbours,
-                               "outputs": {"figure": rel}})
+        item = {"input": file.display, "input_sha256": result.sha256[q], "neighbours": neighbours,
+                "outputs": {"figure": rel}}
+        if itself[q] >= 0:
+            item["left_out"] = {"row": int(itself[q]), "path": index.entries[int(itself[q])].path,
+                                "reason": "the query itself (same file contents) is in the gallery"}
+        manifest.items.append(item)
         if progress is not None:
             progress("figures", 1, len(result.rows))
     warning = unreadable_gallery_warning(index, sorted(unreadable), "shown as neighbours")

@@ -314,13 +314,14 @@ class Reporter:
         return min(self.options.cams, self.backbone.num_classes)
 
     def explain(self, inputs: torch.Tensor, seeds: Sequence[int] | None = None,
-                batch_size: int = 16) -> list[ImageExplanation]:
+                batch_size: int = 16, sha256s: Sequence[str] | None = None) -> list[ImageExplanation]:
         """Explain every image of a preprocessed batch ``(N, C, H, W)``.
 
         Args:
             inputs: model inputs (already preprocessed), moved to the model's device by the engines.
             seeds: SmoothGrad noise seed per image (default: ``options.seed + i``).
             batch_size: SmoothGrad noisy copies per forward pass.
+            sha256s: the images' file hashes: an image that is itself in the gallery is left out of its neighbours.
 
         Returns:
             One :class:`ImageExplanation` per image, in order.
@@ -351,7 +352,7 @@ class Reporter:
             if warning not in self.warnings:
                 self.warnings.append(warning)
         channels, features = self._layer_outputs(inputs)
-        neighbours = self._neighbours(features) if features is not None else [None] * n
+        neighbours = self._neighbours(features, sha256s) if features is not None else [None] * n
         out = []
         for i in range(n):
             classes = [self._class_map(m, probs[i]) for m in cams.for_image(i)]
@@ -410,12 +411,13 @@ class Reporter:
                 view.centre = (row.start[0] + y * row.jump[0], row.start[1] + x * row.jump[1])
         return view
 
-    def _neighbours(self, features: np.ndarray) -> list[list[Neighbour] | None]:
+    def _neighbours(self, features: np.ndarray, sha256s: Sequence[str] | None) -> list[list[Neighbour] | None]:
         from explain.gallery import search
 
         index = self.index
         assert index is not None
-        found = search(features, index.features, self.options.neighbours, self.options.metric)
+        itself = index.rows_of(sha256s) if sha256s is not None else None
+        found = search(features, index.features, self.options.neighbours, self.options.metric, exclude=itself)
         pages = [
             [Neighbour(rank=r + 1, path=index.entries[int(g)].path, file=index.file(int(g)), distance=float(d),
                        label=index.entries[int(g)].label_name, row=int(g))
@@ -517,7 +519,8 @@ def run_report(
     def pages(batch: Any) -> list[tuple[Any, ReportPage]]:
         seeds = [image_seed(opts.seed, s.loaded.sha256) for s in batch.samples]
         explanations = reporter.explain(batch.tensor.to(settings.device), seeds,
-                                        batch_size=max(settings.batch_size, 16))
+                                        batch_size=max(settings.batch_size, 16),
+                                        sha256s=[s.loaded.sha256 for s in batch.samples])
         return [(sample, ReportPage.of(sample, exp, backbone, opts, names[sample.loaded.display]))
                 for sample, exp in zip(batch.samples, explanations)]
 
