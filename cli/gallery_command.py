@@ -166,7 +166,8 @@ def neighbours(
     backend: Annotated[str, typer.Option(help="Search backend: torch, faiss (if installed) or auto.")] = "torch",
     evaluate: Annotated[bool, typer.Option(
         "--evaluate",
-        help="Leave-one-out over the labelled gallery: class purity of the k = 1, 5, 10 nearest.")] = False,
+        help="Leave-one-out over the labelled gallery: class purity of the k nearest, for k = 1, 5, 10 and -k.",
+    )] = False,
     fmt: FormatOpt = "png",
     *,
     model_options: ModelOptions,
@@ -203,7 +204,7 @@ def neighbours(
                 "index": str(idx.directory), "layer": idx.layer, "metric": metric, "k": k, "backend": backend})
         report = None
         if evaluate:
-            report = evaluate_purity(idx, (1, 5, 10), metric, backend=backend, progress=progress)
+            report = evaluate_purity(idx, sorted({1, 5, 10, k}), metric, backend=backend, progress=progress)
             manifest.extra["evaluation"] = {
                 "method": "leave-one-out", "metric": metric, "evaluated": report.evaluated,
                 "unlabelled": report.unlabelled, "purity": {str(k_): round(v, 6) for k_, v in report.purity.items()},

@@ -60,6 +60,9 @@ def test_neighbours_of_a_gallery_image_and_evaluation(built: Path, tmp_path: Pat
     assert (tmp_path / item["outputs"]["figure"]).is_file()
     purity = manifest["evaluation"]["purity"]
     assert purity["1"] >= 0.9 and purity["5"] >= 0.7 and manifest["evaluation"]["evaluated"] == 36
+    assert sorted(purity, key=int) == ["1", "5", "10"]  # -k 5 is one of the standard ks
+    again = run("neighbours", "--index", built, "-k", "3", "--out", tmp_path / "k3", "--evaluate", "--json")
+    assert sorted(json.loads(again.stdout)["evaluation"]["purity"], key=int) == ["1", "3", "5", "10"]
 
 
 def test_tsne_from_the_index(built: Path, tmp_path: Path) -> None:
