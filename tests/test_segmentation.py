@@ -91,3 +91,20 @@ def test_segmenter_registry_entries():
     image = Image.new("RGB", (200, 100))
     assert tuple(backbone.preprocess(image).shape) == (3, 520, 1040)
     assert backbone.preprocess.geometry(200, 100).model_input == (520, 1040)
+
+
+def test_segmentation_panel_has_a_colour_bar_for_its_map():
+    """The map panel says what its colours mean (0 .. 1 = the map's maximum), like every other CAM figure."""
+    from PIL import Image
+
+    from explain.detection.figures import segmentation_panel
+
+    photo = Image.new("RGB", (40, 30), (120, 90, 60))
+    predicted = np.zeros((30, 40), dtype=np.int64)
+    predicted[5:20, 10:30] = 15
+    ramp = np.tile(np.linspace(0.0, 1.0, 40, dtype=np.float32), (30, 1))
+    fig = segmentation_panel(photo, predicted, [f"c{i}" for i in range(21)], ramp, predicted == 15, "t", "m")
+    every = [*fig.axes, *(child for ax in fig.axes for child in ax.child_axes)]  # inset axes are children
+    bars = [ax for ax in every if ax.get_ylabel() == "relevance (normalised)"]
+    assert len(bars) == 1
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["0", "0.5", "1 (max)"]

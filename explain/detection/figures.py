@@ -260,5 +260,6 @@ def segmentation_panel(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    _colour_bar(fig, axes[2], colormap, "relevance (normalised)")
     fig.suptitle(title, fontsize=11)
     return fig
