@@ -115,12 +115,15 @@ def ascent(
 def _summary(manifest: object, out: Path) -> None:
     from rich.table import Table
 
+    items = manifest.items  # type: ignore[attr-defined]
+    probs = [item.get("target", {}).get("prob") for item in items]
+    shown = any(p is not None for p in probs)  # a class probability: only class objectives have one
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("objective", "value", "p", "steps", "image"):
+    for col in ("objective", "value", *(("p",) if shown else ()), "steps", "image"):
         table.add_column(col)
-    for item in manifest.items:  # type: ignore[attr-defined]
-        prob = item.get("target", {}).get("prob")
-        table.add_row(item["objective"]["label"], f"{item['value']:.3g}", "" if prob is None else f"{prob:.2f}",
-                      str(item["steps"]), str(out / item["outputs"]["image"]))
+    for item, prob in zip(items, probs):
+        cells = [item["objective"]["label"], f"{item['value']:.3g}"]
+        cells += ["" if prob is None else f"{prob:.2f}"] if shown else []
+        table.add_row(*cells, str(item["steps"]), str(out / item["outputs"]["image"]))
     print_table(table)
     console().print(f"grid: {out / manifest.extra['outputs']['grid']}")  # type: ignore[attr-defined]

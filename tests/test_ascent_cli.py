@@ -104,3 +104,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert message in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert not (out / "manifest.json").exists()
+
+
+def test_the_summary_shows_p_only_for_class_objectives(tmp_path: Path) -> None:
+    channels = run("--channel", "_blocks.2:0", "--steps", "1", "--size", "64", "--out", str(tmp_path / "c"))
+    header = next(line for line in channels.stdout.splitlines() if "objective" in line).replace("┃", " ")
+    assert channels.exit_code == 0 and header.split() == ["objective", "value", "steps", "image"]
+    classes = run("--target", "1", "--steps", "1", "--size", "64", "--out", str(tmp_path / "t"))
+    header = next(line for line in classes.stdout.splitlines() if "objective" in line).replace("┃", " ")
+    assert classes.exit_code == 0 and header.split() == ["objective", "value", "p", "steps", "image"]
