@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from explain.audit_detection import IMAGE_COLUMNS, OBJECT_COLUMNS, detection_summary, join_groups
 from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, error_records
+from explain.audit_summary import small_group_warnings
 from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
 
 if TYPE_CHECKING:
@@ -138,14 +139,15 @@ def write_detection_outputs(backbone: Backbone, task: DetectionTask, inputs: Aud
     write_text(out / DETECTION_OUTPUTS["objects_jsonl"], _jsonl_text(objects))
     write_text(out / DETECTION_OUTPUTS["images_csv"], csv_text(images, [*IMAGE_COLUMNS, *group_fields]))
     errors = error_records(inputs, journal)
-    warnings = [*inputs.warnings, *_outside_warnings(objects)]
     opts = task.opts
+    body = detection_summary(objects, images, group_fields, opts.worst)
+    warnings = [*inputs.warnings, *_outside_warnings(objects), *small_group_warnings(body["groups"])]
     summary = {
         "command": "audit", "task": "detection", "dataset": inputs.root.as_posix(), "model": backbone.name,
         "layer": None if opts.method == "guided" else layer, "method": opts.method,
         "options": {"iou": opts.iou, "score_threshold": opts.score_threshold, "min_size": opts.min_size},
         "counts": {"images": len(images), "objects": len(objects), "errors": len(errors)},
-        **detection_summary(objects, images, group_fields, opts.worst),
+        **body,
         "errors": errors, "warnings": warnings,
     }
     write_text(out / DETECTION_OUTPUTS["summary"],

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from explain.audit_summary import summarize
+from explain.audit_summary import small_group_warnings, summarize
 from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
 
 if TYPE_CHECKING:
@@ -141,13 +141,14 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
     errors = error_records(inputs, journal)
     body = summarize(records, group_fields, steps=opts.steps, shift=opts.shift, worst=opts.worst,
                      sanity=(journal.final or {}).get("sanity"))
+    warnings = [*inputs.warnings, *small_group_warnings(body["groups"])]
     summary = {
         "command": "audit", "task": task.name, "dataset": inputs.root.as_posix(), "model": backbone.name,
         "layer": layer, "method": "gradcam++",
         "options": {"sanity": opts.sanity, "randomisation": opts.randomisation, "cascade": opts.cascade,
                     "shift": opts.shift, "steps": opts.steps, "seed": opts.seed},
         "counts": {"images": len(records), "errors": len(errors)}, **body,
-        "errors": errors, "warnings": list(inputs.warnings),
+        "errors": errors, "warnings": warnings,
     }
     write_text(out / OUTPUTS["summary"], json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     worst_paths = list(dict.fromkeys(p for paths in body["worst"].values() for p in paths))
@@ -163,6 +164,6 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
                                "method": "gradcam++", "outputs": dict(OUTPUTS)})
     manifest.items = [_manifest_item(r, inputs, backbone, overlay_files.get(r["path"])) for r in records]
     manifest.errors = errors
-    manifest.warnings = list(inputs.warnings)
+    manifest.warnings = warnings
     manifest.save(out)
     return AuditResult(manifest=manifest, summary=summary, out=out, records=records)

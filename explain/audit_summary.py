@@ -13,7 +13,10 @@ Definitions (stated once, used by the dashboard too):
   baseline map; **insertion above random** likewise for insertion (higher is better).
 * **sanity cascade**: per step of the cascading randomisation (top layer first; the last step randomises
   everything), the median and quartiles of the rank correlation between trained and randomised maps.
-* **group gap** of a metric: its largest minus its smallest per-group value (groups where it is defined).
+* **group gap** of a metric: its largest minus its smallest per-group value, over the groups where it is defined
+  (groups where it is undefined, e.g. without objects, are named apart); the highest and the lowest are always two
+  different groups, and a gap of 0 is reported as a tie. Each group's size travels with the gap, and groups with
+  fewer than :data:`MIN_GROUP_SIZE` members get a warning (:func:`small_group_warnings`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["GROUP_METRICS", "group_gaps", "group_summary", "right_for_wrong_reason", "summarize", "worst_examples"]
+__all__ = ["GROUP_METRICS", "MIN_GROUP_SIZE", "PER_IMAGE_METRICS", "describe_gap", "group_count", "group_gaps",
+           "group_summary", "right_for_wrong_reason", "small_group_warnings", "summarize", "worst_examples"]
 
 GROUP_METRICS: tuple[str, ...] = ("accuracy", "mean_prob", "mean_true_prob", "mean_energy_in_box",
                                   "pointing_accuracy")
+#: Detection group metrics that are rates over a group's images rather than its objects.
+PER_IMAGE_METRICS: frozenset[str] = frozenset({"false_positives_per_image"})
+#: Groups smaller than this get a warning: a rate over a handful of images says little.
+MIN_GROUP_SIZE = 10
 
 
 def _values(records: Iterable[dict[str, Any]], key: str) -> list[float]:
@@ -152,16 +160,83 @@ def group_summary(records: Sequence[dict[str, Any]], column: str) -> dict[str, A
     return {"groups": groups, "gap": group_gaps(groups, GROUP_METRICS)}
 
 
+def group_count(group: dict[str, Any], metric: str | None = None) -> tuple[int, str]:
+    """How many members a group's ``metric`` is a rate over, and their unit: ``(n, "images")`` or ``(n, "objects")``.
+
+    A classifier group counts images (``n``); a detection group counts objects, except for the per-image metrics of
+    :data:`PER_IMAGE_METRICS`, which count its images. Without ``metric``: the group's main count.
+    """
+    if "n" in group:
+        return int(group["n"]), "images"
+    if metric in PER_IMAGE_METRICS or "objects" not in group:
+        return int(group.get("images") or 0), "images"
+    return int(group["objects"]), "objects"
+
+
+def _defined(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def group_gaps(groups: dict[str, dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
-    """Per metric defined in at least two groups: the highest minus the lowest group value, and which groups."""
+    """Per metric defined in at least two groups: the highest minus the lowest group value, and which groups.
+
+    Each record is ``{"gap", "highest", "lowest", "tie", "n", "undefined"}``: ``highest`` and ``lowest`` are always
+    two *different* groups (ties are broken by the groups' order, ``lowest`` is the smallest of the others), ``tie``
+    is true when the gap is 0 (every compared group has the same value), ``n`` gives every group's count (see
+    :func:`group_count`) and ``undefined`` names the groups left out because the metric is ``None`` or NaN there
+    (e.g. no objects). A metric defined in fewer than two groups has no record.
+    """
     gaps: dict[str, Any] = {}
     for metric in metrics:
-        defined = {name: g[metric] for name, g in groups.items() if g[metric] is not None}
-        if len(defined) >= 2:
-            high = max(defined, key=lambda n: defined[n])
-            low = min(defined, key=lambda n: defined[n])
-            gaps[metric] = {"gap": round(defined[high] - defined[low], 6), "highest": high, "lowest": low}
+        defined = {name: float(g[metric]) for name, g in groups.items() if _defined(g.get(metric))}
+        if len(defined) < 2:
+            continue
+        high = max(defined, key=lambda n: defined[n])
+        low = min((n for n in defined if n != high), key=lambda n: defined[n])
+        gap = round(defined[high] - defined[low], 6)
+        gaps[metric] = {"gap": gap, "highest": high, "lowest": low, "tie": gap == 0,
+                        "n": {name: group_count(g, metric)[0] for name, g in groups.items()},
+                        "undefined": [name for name in groups if name not in defined]}
     return gaps
+
+
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def describe_gap(metric: str, gap: dict[str, Any]) -> str:
+    """One line of text for a :func:`group_gaps` record, every named group with its size.
+
+    E.g. ``accuracy gap 0.211 (grayscale n=2 over colour n=40)``, ``no recall gap between indoor n=5 and outdoor
+    n=7`` or, with groups left out, ``...; undefined for dusk n=0``.
+    """
+    label = metric.replace("_", " ")
+    named = [f"{name} n={count}" for name, count in gap["n"].items()]
+    by_name = dict(zip(gap["n"], named))
+    if gap["tie"]:
+        text = f"no {label} gap between {_listed([by_name[k] for k in gap['n'] if k not in gap['undefined']])}"
+    else:
+        text = f"{label} gap {gap['gap']:.3f} ({by_name[gap['highest']]} over {by_name[gap['lowest']]})"
+    if gap["undefined"]:
+        text += f"; undefined for {_listed([by_name[k] for k in gap['undefined']])}"
+    return text
+
+
+def small_group_warnings(grouped: dict[str, dict[str, Any]], minimum: int = MIN_GROUP_SIZE) -> list[str]:
+    """One warning per group (of every grouping in a summary's ``groups``) with fewer than ``minimum`` members.
+
+    Args:
+        grouped: ``summary["groups"]``: per group column, a block with per-group statistics under ``"groups"``.
+        minimum: the smallest group whose rates are worth comparing (default :data:`MIN_GROUP_SIZE`).
+    """
+    warnings = []
+    for column, block in grouped.items():
+        for name, group in block["groups"].items():
+            n, unit = group_count(group)
+            if n < minimum:
+                size = f"no {unit}" if n == 0 else f"only {n} {unit[:-1] if n == 1 else unit}"
+                warnings.append(f"group {name!r} (by {column}) has {size}: its rates are unreliable")
+    return warnings
 
 
 def right_for_wrong_reason(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from explain.audit_summary import describe_gap, group_count
+from explain.figures import format_prob
 from explain.html import Markup, esc, figure_data_uri, img, join, page, table
 
 if TYPE_CHECKING:
@@ -198,6 +200,11 @@ def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
     return plots
 
 
+def _tick(name: str, group: dict[str, Any]) -> str:
+    """A group's tick label: its (shortened) name and size, e.g. ``grayscale (n=2)``."""
+    return f"{name if len(name) <= 18 else name[:17] + '…'} (n={group_count(group)[0]})"
+
+
 def _group_plot(column: str, groups: dict[str, dict[str, Any]],
                 metrics: Sequence[str] = ("accuracy", "mean_true_prob", "mean_energy_in_box")) -> Markup:
     import numpy as np
@@ -211,7 +218,7 @@ def _group_plot(column: str, groups: dict[str, dict[str, Any]],
     for j, metric in enumerate(metrics):
         values = [groups[n][metric] if groups[n][metric] is not None else float("nan") for n in names]
         ax.bar(x + (j - (len(metrics) - 1) / 2) * width, values, width, label=metric.replace("_", " "))
-    ax.set_xticks(x, [n if len(n) <= 18 else n[:17] + "…" for n in names], rotation=20 if len(names) > 4 else 0)
+    ax.set_xticks(x, [_tick(n, groups[n]) for n in names], rotation=20 if len(names) > 4 else 0)
     ax.set_ylim(0, 1.2)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_title(f"by {column}", fontsize=10)
@@ -266,17 +273,20 @@ def _groups(summary: dict[str, Any]) -> Markup:
         rows = [[name, g["n"], g["accuracy"], g["mean_prob"], g["mean_true_prob"], g["mean_energy_in_box"],
                  g["pointing_accuracy"]] for name, g in groups.items()]
         headers = [column, "images", "accuracy", "mean prob", "mean true prob", "energy in box", "pointing"]
-        gaps = [f"{metric.replace('_', ' ')}: {gap['gap']:.3f} ({gap['highest']} over {gap['lowest']})"
-                for metric, gap in block["gap"].items()]
+        gaps = [describe_gap(metric, gap) for metric, gap in block["gap"].items()]
         parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
                   Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
                   _group_plot(column, groups)]
     return Markup(f"<h2>Groups</h2>{join(parts)}") if parts else Markup("")
 
 
+def _prob(value: float | None) -> str:
+    return "n/a" if value is None else format_prob(value)
+
+
 def _caption(record: dict[str, Any]) -> str:
     verdict = "correct" if record["correct"] else f"predicted {record['pred_name']}"
-    text = f"{record['path']} · true {record['true_name']} · {verdict} (p {_fmt(record['prob'])})"
+    text = f"{record['path']} · true {record['true_name']} · {verdict} (p {_prob(record['prob'])})"
     if record.get("energy_in_box") is not None:
         text += f" · energy in box {_fmt(record['energy_in_box'])} (area {_fmt(record['box_area'])})"
     if record.get("deletion_auc") is not None:
@@ -430,8 +440,7 @@ def _detection_groups(summary: dict[str, Any]) -> Markup:
                  g["mean_energy_in_box"], g["false_positives_per_image"]] for name, g in groups.items()]
         headers = [column, "objects", "detected", "recall", "mean confidence", "mean IoU", "energy on object",
                    "false positives / image"]
-        gaps = [f"{metric.replace('_', ' ')}: {gap['gap']:.3f} ({gap['highest']} over {gap['lowest']})"
-                for metric, gap in block["gap"].items()]
+        gaps = [describe_gap(metric, gap) for metric, gap in block["gap"].items()]
         parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
                   Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
                   _group_plot(column, groups, _DETECTION_GROUP_COLUMNS)]

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from explain.audit import JOURNAL, AuditOptions, Journal, JournalMismatchError, run_audit, sanity_sample
-from explain.audit_summary import group_summary, right_for_wrong_reason, summarize, worst_examples
+from explain.audit_summary import (
+    describe_gap, group_count, group_gaps, group_summary, right_for_wrong_reason, small_group_warnings, summarize,
+    worst_examples,
+)
 from explain.audit_task import AuditTask, rounded
 from explain.errors import UsageError
 
@@ -79,9 +82,64 @@ def test_group_gaps_name_the_groups() -> None:
     assert block["groups"]["colour"]["accuracy"] == 1.0
     assert block["groups"]["gray"]["accuracy"] == near(1 / 3)
     gap = block["gap"]["accuracy"]
-    assert gap == {"gap": near(2 / 3), "highest": "colour", "lowest": "gray"}
+    assert gap == {"gap": near(2 / 3), "highest": "colour", "lowest": "gray", "tie": False,
+                   "n": {"colour": 2, "gray": 3}, "undefined": []}
     energy = block["gap"]["mean_energy_in_box"]  # colour (0.8+0.3)/2 = 0.55, gray (0.1+0.2)/2 = 0.15
     assert energy["gap"] == near(0.4) and energy["highest"] == "colour"
+    assert describe_gap("accuracy", gap) == "accuracy gap 0.667 (colour n=2 over gray n=3)"
+
+
+def test_a_tie_names_two_different_groups_and_says_there_is_no_gap() -> None:
+    # indoor and outdoor both 1 of 2 correct: the gap is 0, which used to read "indoor over indoor"
+    records = [rec("a", True, 0.9, light="indoor"), rec("b", False, 0.9, light="indoor"),
+               rec("c", True, 0.9, light="outdoor"), rec("d", False, 0.9, light="outdoor")]
+    gap = group_summary(records, "light")["gap"]["accuracy"]
+    assert gap["gap"] == 0 and gap["tie"] is True
+    assert {gap["highest"], gap["lowest"]} == {"indoor", "outdoor"}
+    assert describe_gap("accuracy", gap) == "no accuracy gap between indoor n=2 and outdoor n=2"
+    three = group_gaps({k: {"n": 4, "recall": 0.5} for k in ("a", "b", "c")}, ["recall"])["recall"]
+    assert (three["highest"], three["lowest"], three["tie"]) == ("a", "b", True)
+    assert describe_gap("recall", three) == "no recall gap between a n=4, b n=4 and c n=4"
+
+
+def test_groups_where_a_metric_is_undefined_are_left_out_and_named() -> None:
+    groups = {"dusk": {"n": 3, "m": float("nan")}, "indoor": {"n": 5, "m": 0.7}, "night": {"n": 0, "m": None},
+              "outdoor": {"n": 7, "m": 0.2}}
+    gap = group_gaps(groups, ["m", "missing_everywhere"])
+    assert "missing_everywhere" not in gap  # no record without two defined groups
+    m = gap["m"]
+    assert (m["gap"], m["highest"], m["lowest"], m["tie"]) == (pytest.approx(0.5), "indoor", "outdoor", False)
+    assert m["undefined"] == ["dusk", "night"] and m["n"] == {"dusk": 3, "indoor": 5, "night": 0, "outdoor": 7}
+    assert describe_gap("m", m) == "m gap 0.500 (indoor n=5 over outdoor n=7); undefined for dusk n=3 and night n=0"
+    # one defined group against a NaN one: nothing to compare (it used to be "indoor over indoor", gap NaN)
+    assert group_gaps({"indoor": {"n": 2, "m": 0.5}, "outdoor": {"n": 2, "m": float("nan")}}, ["m"]) == {}
+
+
+def test_small_groups_get_a_warning_with_their_size() -> None:
+    records = [rec(f"c{i}", i % 2 == 0, 0.9, colour="colour") for i in range(12)]
+    records += [rec("g1", True, 0.9, colour="grayscale"), rec("g2", True, 0.9, colour="grayscale")]
+    body = summarize(records, ["colour"], steps=4, shift=2, worst=1)
+    gap = body["groups"]["colour"]["gap"]["accuracy"]
+    assert gap["highest"] == "grayscale" and gap["n"] == {"colour": 12, "grayscale": 2}
+    assert describe_gap("accuracy", gap) == "accuracy gap 0.500 (grayscale n=2 over colour n=12)"
+    assert small_group_warnings(body["groups"]) == [
+        "group 'grayscale' (by colour) has only 2 images: its rates are unreliable"]
+    assert small_group_warnings(body["groups"], minimum=2) == []
+    # detection groups count objects (and images for the per-image rates)
+    detection = {"light": {"groups": {"day": {"objects": 10, "images": 4}, "dusk": {"objects": 1, "images": 1},
+                                      "fog": {"objects": 0, "images": 2}}}}
+    assert small_group_warnings(detection) == [
+        "group 'dusk' (by light) has only 1 object: its rates are unreliable",
+        "group 'fog' (by light) has no objects: its rates are unreliable"]
+    assert group_count(detection["light"]["groups"]["day"], "false_positives_per_image") == (4, "images")
+    assert group_count(detection["light"]["groups"]["day"], "recall") == (10, "objects")
+
+
+def test_dashboard_group_ticks_show_the_group_size() -> None:
+    from explain.dashboard import _tick
+
+    assert _tick("grayscale", {"n": 2}) == "grayscale (n=2)"
+    assert _tick("a" * 30, {"objects": 5, "images": 3}) == "a" * 17 + "… (n=5)"
 
 
 def test_worst_examples() -> None:
@@ -494,3 +552,25 @@ def test_known_answers_on_a_colour_model(tmp_path: Path) -> None:
     assert not green["correct"] and green["true_class"] == 0 and green["pred_name"] == "green"
     assert green["energy_in_box"] is None and green["box_status"] == "ok"
     assert right_for_wrong_reason(list(records.values())) == [far]  # correct, no energy on its object
+
+
+def test_cli_gap_line_names_two_groups_with_their_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from cli.audit_command import _print_gaps
+
+    records = [rec("a", True, 0.9, light="indoor"), rec("b", False, 0.9, light="indoor"),
+               rec("c", True, 0.9, light="outdoor"), rec("d", False, 0.9, light="outdoor"),
+               rec("e", True, 0.9, colour="[gray]"), rec("f", False, 0.9, colour="colour")]
+    body = summarize(records, ["light", "colour"], steps=4, shift=2, worst=1)
+    _print_gaps(SimpleNamespace(summary=body, out=Path("out")), "accuracy")  # type: ignore[arg-type]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "groups by light: no accuracy gap between indoor n=2 and outdoor n=2"
+    assert lines[1] == "groups by colour: accuracy gap 1.000 ([gray] n=1 over colour n=1)"  # not eaten as markup
+
+
+def test_dashboard_caption_keeps_small_probabilities_visible() -> None:
+    from explain.dashboard import _caption
+
+    record = rec("x.png", False, 0.00116, true_name="tabby", pred_name="tiger")
+    assert "(p 0.0012)" in _caption(record)  # was "(p 0.001)"

@@ -21,6 +21,7 @@ from explain.audit_detection import (
     run_detection_audit, size_bucket,
 )
 from explain.audit_inputs import parse_boxes
+from explain.audit_summary import describe_gap, small_group_warnings
 from explain.backbones.base import Backbone
 from explain.detection.models import DetectionPreprocess
 from explain.run import RunSettings
@@ -109,9 +110,12 @@ def test_summary_and_group_gaps_by_hand() -> None:
     assert o["precision"] == pytest.approx(2 / 3) and o["false_positives_per_image"] == 0.5
     light = s["groups"]["light"]
     assert light["groups"]["day"]["recall"] == 0.5 and light["groups"]["night"]["recall"] == 1.0
-    assert light["gap"]["recall"] == {"gap": 0.5, "highest": "night", "lowest": "day"}
-    assert light["gap"]["mean_energy_in_box"] == {"gap": 0.4, "highest": "day", "lowest": "night"}
-    assert light["gap"]["false_positives_per_image"]["highest"] == "day"
+    assert light["gap"]["recall"] == {"gap": 0.5, "highest": "night", "lowest": "day", "tie": False,
+                                      "n": {"day": 2, "night": 1}, "undefined": []}  # b's outside object: not counted
+    energy = light["gap"]["mean_energy_in_box"]
+    assert (energy["gap"], energy["highest"], energy["lowest"]) == (0.4, "day", "night")
+    fp = light["gap"]["false_positives_per_image"]
+    assert fp["highest"] == "day" and fp["n"] == {"day": 1, "night": 1}  # per-image rate: counts images
     assert s["groups"]["size"]["groups"]["small"]["objects"] == 3
     assert s["worst"]["missed"] == [{"path": "a", "object_id": "1"}]
     assert s["worst"]["off_object"] == [{"path": "b", "object_id": "1"}]  # 0.2 < 0.5; a's 0.6 is on its object
@@ -240,10 +244,20 @@ def test_group_recall_gaps_by_hand(tiny_run: Any) -> None:
     # day: a1, a2, e1 found, d1 missed (a3 lies outside: not counted); night: b1 found; dusk: b2 missed
     recall = {n: g["recall"] for n, g in light["groups"].items()}
     assert recall == {"(no group)": None, "day": pytest.approx(3 / 4), "dusk": 0.0, "night": 1.0}
-    assert light["gap"]["recall"] == {"gap": 1.0, "highest": "night", "lowest": "dusk"}
+    assert light["gap"]["recall"] == {"gap": 1.0, "highest": "night", "lowest": "dusk", "tie": False,
+                                      "n": {"(no group)": 0, "day": 4, "dusk": 1, "night": 1},
+                                      "undefined": ["(no group)"]}
     # false positives per image, image-level groups: day = a (0), d (1), e (2); night = b (1); c has no group
     fp = {n: g["false_positives_per_image"] for n, g in light["groups"].items()}
     assert fp == {"(no group)": 1.0, "day": 1.0, "dusk": None, "night": 1.0}
+    # a tie: two different groups and "no gap" (this read "(no group) over (no group)"); dusk has no images
+    tie = light["gap"]["false_positives_per_image"]
+    assert (tie["gap"], tie["tie"], tie["highest"], tie["lowest"]) == (0, True, "(no group)", "day")
+    assert tie["undefined"] == ["dusk"] and tie["n"] == {"(no group)": 1, "day": 3, "dusk": 0, "night": 1}
+    assert describe_gap("false_positives_per_image", tie) == (
+        "no false positives per image gap between (no group) n=1, day n=3 and night n=1; undefined for dusk n=0")
+    assert "group 'night' (by light) has only 1 object: its rates are unreliable" in small_group_warnings(
+        result.summary["groups"])
     assert light["groups"]["day"]["mean_energy_in_box"] == pytest.approx((1 + 1 + 1 / 3) / 3, rel=1e-5)
     assert result.summary["groups"]["size"]["groups"]["small"]["recall"] == pytest.approx(4 / 6)
 
