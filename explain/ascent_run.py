@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import TargetError, UsageError
+from explain.figures import format_prob
 from explain.manifest import Manifest, write_bytes, write_figure, write_npy
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ def caption(backbone: Backbone, result: AscentResult, i: int) -> str:
         index = objective.index  # type: ignore[attr-defined]
         name = backbone.class_names[index]
         what = "log p" if kind == "class_logprob" else "logit"
-        p = f" · p {probs[i, index]:.2f}" if probs is not None else ""
+        p = f" · p {format_prob(float(probs[i, index]))}" if probs is not None else ""
         return f"{name} ({index})\n{what} {value:.2f}{p}"
     if kind == "channel":
         return f"{objective.layer} ch {objective.channel}\nmean {value:.3g}"  # type: ignore[attr-defined]

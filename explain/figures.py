@@ -18,6 +18,24 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FORMATS = ("png", "svg", "pdf")
+#: Probabilities below this are written ``<1e-4``: more digits would claim a precision softmax does not have.
+PROB_FLOOR = 1e-4
+
+
+def format_prob(p: float) -> str:
+    """A probability for a figure title or caption, never rounded to a misleading ``0.00``.
+
+    Two decimals from 0.01 up (``0.57``, ``1.00``), two significant digits below (``0.0012`` for 0.00116,
+    ``0.00010``), and ``<1e-4`` under :data:`PROB_FLOOR` (including an underflowed 0); NaN is ``nan``.
+    """
+    p = float(p)
+    if p != p:
+        return "nan"
+    if p >= 0.01:
+        return f"{p:.2f}"
+    if p < PROB_FLOOR:
+        return "<1e-4"
+    return f"{p:#.2g}"
 
 
 def check_colormap(name: str) -> Any:

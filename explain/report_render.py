@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from explain.figures import format_prob
 from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
@@ -145,7 +146,7 @@ def draw_cams(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
     for ax, cls in zip(axes, classes):
         full = map_to_image(cls.cam, page.photo.size, page.crop_box)
         ax.imshow(overlay(page.photo, full, page.options.colormap, page.options.alpha))
-        ax.set_title(f"#{cls.rank} {mpl_text(cls.name, 30)} ({cls.index})\np {cls.prob:.3f} · score {cls.score:.2f}",
+        ax.set_title(f"#{cls.rank} {mpl_text(cls.name, 30)} ({cls.index})\np {format_prob(cls.prob)} · score {cls.score:.2f}",
                      fontsize=fontsize)
     _bare(axes)
     _colorbar(fig, cmap, 0.0, 1.0, list(axes), "Grad-CAM++ (min-max per map)")
@@ -173,7 +174,7 @@ def draw_gradients(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> 
     bar.ax.tick_params(labelsize=7)
     _bare(axes)
     top = exp.top
-    fig.suptitle(f"top class: {mpl_text(top.name, 60)} ({top.index}) · p {top.prob:.3f} · score {top.score:.2f}",
+    fig.suptitle(f"top class: {mpl_text(top.name, 60)} ({top.index}) · p {format_prob(top.prob)} · score {top.score:.2f}",
                  fontsize=fontsize + 1)
 
 

@@ -132,13 +132,15 @@ def class_target_record(
         probs: ``(N, C)`` softmax probabilities of the batch, or ``None``.
         image_index: the image's row in ``probs``.
     """
+    from explain.figures import format_prob
+
     name = class_names[index]
     prob = float(probs[image_index, index]) if probs is not None else None
     record: dict[str, Any] = {"index": index, "name": name, "score": round(score, 4)}
     text = f"{name} ({index}) · score {score:.2f}"
     if prob is not None:
         record["prob"] = round(prob, 6)
-        text += f" · p {prob:.2f}"
+        text += f" · p {format_prob(prob)}"
     if rank is not None:
         record["rank"] = rank + 1
     return record, text
