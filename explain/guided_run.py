@@ -11,6 +11,10 @@ crop the model saw, shown de-normalised):
 * **signed** (``outputs.signed``, PNG, with ``signed=True``): ``clip(sum_c g_c / s_s, -1, 1)`` in a diverging
   colour map centred on zero (red: increasing the pixel raises the score; blue: lowers it).
 
+With gradient x input (saliency ``times_input``) every map above is of ``g·x`` instead of ``g``: the gradient
+times the input (for SmoothGrad, times each noisy input before averaging); the panel titles say so
+(:func:`map_titles`).
+
 Per-image normalisation: each scale ``s`` is the 99th percentile of the absolute values of the map it normalises,
 taken over its **non-zero** entries, and values beyond it are clipped. Leaving exact zeros out is a deliberate
 deviation from a plain percentile: the guided rule and small receptive fields make most of a map exactly zero, and
@@ -55,6 +59,7 @@ __all__ = [
     "gradient_rgb",
     "image_seed",
     "magnitude_map",
+    "map_titles",
     "resolve_gradient_options",
     "robust_scale",
     "run_gradients",
@@ -159,6 +164,12 @@ def _draw_box(
                            linestyle="--" if dashed else "-"))
 
 
+def map_titles(times_input: bool) -> tuple[str, str]:
+    """The titles of the magnitude and signed panels: maps of the gradient ``g``, or of gradient x input ``g·x``."""
+    drawn = "g·x" if times_input else "g"
+    return f"magnitude  max_c |{drawn}|", f"signed  sum_c {drawn}"
+
+
 def gradient_panel(
     model_input: np.ndarray,
     gradient: np.ndarray,
@@ -171,6 +182,7 @@ def gradient_panel(
     cam: np.ndarray | None = None,
     cam_title: str = "CAM",
     rf_size: tuple[int, int] | None = None,
+    times_input: bool = False,
 ) -> Figure:
     """One row: model input (with the receptive field) | [CAM overlay] | gradient image | magnitude | [signed] | [zoom].
 
@@ -186,6 +198,7 @@ def gradient_panel(
         cam: with guided Grad-CAM, the normalised CAM ``(H, W)``, shown over the input.
         cam_title: title of the CAM view.
         rf_size: the unclipped receptive field ``(h, w)``, to say when ``box`` was clipped at the border.
+        times_input: ``gradient`` is gradient x input, so the map titles say ``g·x`` rather than ``g``.
     """
     from matplotlib.figure import Figure
 
@@ -218,7 +231,8 @@ def gradient_panel(
     _draw_box(axes[k], box, dashed=True)
     k += 1
     shown = axes[k].imshow(magnitude_map(gradient), cmap="gray", vmin=0.0, vmax=1.0)
-    axes[k].set_title("magnitude  max_c |g|", fontsize=9)
+    magnitude_title, signed_title = map_titles(times_input)
+    axes[k].set_title(magnitude_title, fontsize=9)
     bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
     bar.set_label(f"/ p{CLIP_PERCENTILE:g}, clipped", fontsize=7)
     bar.ax.tick_params(labelsize=7)
@@ -226,7 +240,7 @@ def gradient_panel(
     if signed:
         cmap = check_colormap(colormap)
         shown = axes[k].imshow(signed_map(gradient), cmap=cmap, vmin=-1.0, vmax=1.0)
-        axes[k].set_title("signed  sum_c g", fontsize=9)
+        axes[k].set_title(signed_title, fontsize=9)
         bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
         bar.set_label(f"/ p{CLIP_PERCENTILE:g} |.|, clipped", fontsize=7)
         bar.ax.tick_params(labelsize=7)
@@ -515,7 +529,8 @@ def _write_item(
     model_input = backbone.preprocess.denormalize(sample.tensor).clamp(0, 1).permute(1, 2, 0).numpy()
     cam_title = f"{METHOD_TITLES.get(method, method).replace('Guided ', '')} at {', '.join(result.cam_layers)}"
     fig = gradient_panel(model_input, gradient, "\n".join(lines), title_method, signed=opts.signed,
-                         colormap=opts.colormap, box=box, cam=gmap.cam, cam_title=cam_title, rf_size=rf_size)
+                         colormap=opts.colormap, box=box, cam=gmap.cam, cam_title=cam_title, rf_size=rf_size,
+                         times_input=result.times_input)
     write_figure(out / outputs["figure"], fig)
 
     item = image_record(sample, prediction)
