@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ModelOptions, RunArgs, check_out_is_not_an_input, console, finish, handle_errors, model_command, progress_bar,
-    stderr_line,
+    ModelOptions, RunArgs, check_out_is_not_an_input, console, finish, handle_errors, interrupt_hint, model_command,
+    progress_bar, stderr_line,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +46,11 @@ LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Layer Grad-CAM++ explains at. Default: the model's last convolutional block.",
     show_default=False)]
 AuditOutOpt = Annotated[Path, typer.Option(help="Output folder; re-running with the same folder resumes.")]
+
+
+def resume_hint(out: Path) -> str:
+    """What to do after an interrupted audit."""
+    return f"run the same command again to resume (finished images are kept in {out})"
 
 
 @handle_errors
@@ -127,7 +132,7 @@ def audit(
     resolve_layer(backbone.model, layer or backbone.default_layer)  # the last usage check before any work
     inputs = load_audit_inputs(dataset, labels, backbone.class_names, boxes, groups, exclude=(out,))
     sanity_steps = cascade_length(backbone.model, cascade) if sanity and inputs.files else 0
-    with progress_bar(len(inputs.files) + sanity_steps, "audit", quiet) as advance:
+    with progress_bar(len(inputs.files) + sanity_steps, "audit", quiet) as advance, interrupt_hint(resume_hint(out)):
         result = run_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
     for warning in result.manifest.warnings:
         stderr_line(f"warning: {warning}")
@@ -169,7 +174,7 @@ def _audit_detection(backbone: Backbone, dataset: Path, opts: DetectionAuditOpti
 
     check_detector(backbone, opts)
     inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups, exclude=(out,))
-    with progress_bar(len(inputs.files), "audit", quiet) as advance:
+    with progress_bar(len(inputs.files), "audit", quiet) as advance, interrupt_hint(resume_hint(out)):
         result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
     for warning in result.manifest.warnings:
         stderr_line(f"warning: {warning}")
@@ -228,9 +233,11 @@ def _print_summary(result: AuditResult) -> None:
 
 def _print_gaps(result: AuditResult, metric: str) -> None:
     """The gap in ``metric`` between the best and the worst group of every grouping, then where the dashboard is."""
+    from explain.audit_summary import describe_gap
+
     out = console()
     for column, block in result.summary["groups"].items():
         gap = block["gap"].get(metric)
         if gap:
-            out.print(f"groups by {column}: {metric} gap {_fmt(gap['gap'])} ({gap['highest']} over {gap['lowest']})")
+            out.print(f"groups by {column}: {describe_gap(metric, gap)}", markup=False)
     out.print(f"dashboard: {result.out / 'dashboard.html'}")

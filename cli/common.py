@@ -143,8 +143,9 @@ def handle_errors(func: F) -> F:
             raise fail(str(exc)) from None
         except ExplainError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
+        except KeyboardInterrupt as exc:
+            hint = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else ""
+            raise fail("interrupted" + (f": {hint}" if hint else ""), 130) from None
         except MemoryError:
             raise fail("out of memory: try a smaller --batch-size") from None
         except Exception as exc:  # noqa: BLE001 - the last line of defence of the CLI
@@ -153,6 +154,15 @@ def handle_errors(func: F) -> F:
             raise fail(f"unexpected {type(exc).__name__}: {exc} (set CNN_EXPLAIN_DEBUG=1 for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def interrupt_hint(hint: str) -> Iterator[None]:
+    """Add ``hint`` to the "interrupted" line if Ctrl-C (or SIGTERM) stops the block, e.g. how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(hint) from exc
 
 
 class _Terminated(KeyboardInterrupt):

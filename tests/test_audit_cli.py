@@ -153,3 +153,20 @@ def test_resume_with_other_options_needs_restart(tmp_path: Path, samples: Path) 
     result = run(*base, "--batch-size", "3")
     assert result.exit_code == 2 and "different batch_size" in result.output and "--restart" in result.output
     assert run(*base, "--batch-size", "3", "--restart").exit_code == 0
+
+
+def test_an_interrupted_audit_says_how_to_resume(tmp_path: Path, samples: Path, monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM) mid-run: exit 130 and one line saying that the same command resumes."""
+    import explain.audit
+
+    root, labels = gallery_dataset(tmp_path, samples, 1)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(explain.audit, "run_audit", interrupted)
+    out = tmp_path / "out"
+    result = run(str(root), "--labels", str(labels), "--out", str(out), "--quiet")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == f"error: interrupted: run the same command again to resume (finished images are " \
+                                    f"kept in {out})"
