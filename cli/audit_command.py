@@ -212,7 +212,7 @@ def _print_summary(result: AuditResult) -> None:
     s = result.summary
     out = console()
     o, loc, f, t, san = (s[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
-    out.print(f"audited {o['n']} images: accuracy {_fmt(o['accuracy'], True)}, mean true-class prob "
+    out.print(f"audited {o['n']} image{'' if o['n'] == 1 else 's'}: accuracy {_fmt(o['accuracy'], True)}, mean true-class prob "
               f"{_fmt(o['mean_true_prob'])}")
     if loc["images_with_box"]:
         out.print(f"boxes: energy in box {_fmt(loc['mean_energy_in_box'])} (area {_fmt(loc['mean_box_area'])}), "

@@ -448,7 +448,7 @@ def _write_mask(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m: Seg
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else "")
     region_text = "pixels predicted as it" if m.region == "predicted" else "the given mask"
     title = (f"{loaded.display}\nclass {m.target} {name}: sum of its logits over {region_text} "
-             f"({m.pixels} px) = {m.value:.4g}")
+             f"({m.pixels} px of the model's {m.mask.shape[1]}x{m.mask.shape[0]} output) = {m.value:.4g}")
     fig = segmentation_panel(loaded.image, predicted, backbone.class_names, full, region, title,
                              f"{where} (white: the region)", opts.colormap)
     write_figure(out / outputs["figure"], fig)
