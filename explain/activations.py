@@ -476,8 +476,8 @@ def receptive_field_figure(
     axes[0].set_xlim(-0.5, width - 0.5)  # marks near the border must not widen the view
     axes[0].set_ylim(height - 0.5, -0.5)
     shown = axes[1].imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    _draw_box(axes[1], box, "#4fc3f7", "--")
-    axes[1].set_title("effective RF  sum_c |d unit / d input|", fontsize=8.5)
+    _draw_box(axes[1], box, "white")  # solid, like the theoretical box of the first panel (dashed = effective RF)
+    axes[1].set_title("effective RF  sum_c |d unit / d input|\n(box: theoretical RF)", fontsize=8.5)
     bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
     bar.set_label("/ its maximum", fontsize=7)
     bar.ax.tick_params(labelsize=7)

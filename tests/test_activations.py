@@ -175,3 +175,22 @@ def test_layers_and_units_are_checked(lite0) -> None:
     with pytest.raises(TargetError, match="outside the 14x14"):
         check_unit(parse_unit("_blocks.5:0:14:0"), shapes["_blocks.5"])
     assert all(not m._forward_hooks for m in lite0.model.modules())
+
+
+def test_receptive_field_figure_draws_the_theoretical_box_alike_in_both_panels() -> None:
+    """The theoretical box is solid in both panels; dashed is kept for the effective RF's ±2 std ellipse."""
+    from matplotlib.patches import Ellipse, Rectangle
+
+    from explain.activations import erf_stats, receptive_field_figure
+
+    erf = np.zeros((40, 40), dtype=np.float32)
+    erf[18:22, 18:22] = 1.0
+    box = (10.0, 10.0, 30.0, 30.0)
+    fig = receptive_field_figure(np.full((40, 40, 3), 0.5, np.float32), erf, box, (20.0, 20.0), "t",
+                                 erf_stats(erf, box))
+    boxes = [p for ax in fig.axes[:2] for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(boxes) == 2 and {p.get_linestyle() for p in boxes} == {"-"}
+    assert all((p.get_width(), p.get_height()) == (20.0, 20.0) for p in boxes)
+    ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
+    assert len(ellipses) == 1 and ellipses[0].get_linestyle() == "--"
+    assert "box: theoretical RF" in fig.axes[1].get_title()
