@@ -650,6 +650,10 @@ def _row_label(grid: FilterGrid, row: int) -> str:
     return f"{channel} (in {group * per_group}-{(group + 1) * per_group - 1})"
 
 
+KERNEL_GAP = "#8a8a8a"
+"""Colour of the gaps between the kernels of a kernel-rows figure: a grey that no diverging map's 0 (white) matches."""
+
+
 def _kernel_rows_figure(grid: FilterGrid, text: str) -> Figure:
     rows, cols = len(grid.channels), len(grid.in_channels)
     cmap = _signed_cmap(grid)
@@ -662,6 +666,7 @@ def _kernel_rows_figure(grid: FilterGrid, text: str) -> Figure:
     fig, ax, _ = _figure_with_axes(grid_w, grid_h, text, left=1.0 if grid.groups == 1 else 1.5,
                                    right=1.0 if bar else 0.3, bottom=0.2,
                                    top_extra=0.45)
+    ax.set_facecolor(KERNEL_GAP)  # the transparent gaps: grey, or kernels whose rim is near 0 (white) would merge
     ax.imshow(mosaic.image, interpolation="nearest")
     th, tw = mosaic.tile
     tile_pt = tw * per_px * 72

@@ -174,3 +174,25 @@ def test_mosaic_layout() -> None:
     assert (x, y) == (12 + 1, 12 + 1)
     assert mosaic.image[y:y + 12, x:x + 12].min() == 1.0
     assert mosaic.image[:, 12, 3].max() == 0.0  # the gap is transparent
+
+
+def test_kernel_rows_have_grey_gaps_so_near_zero_rims_do_not_merge() -> None:
+    """0 is white in the signed colour map: the gaps between kernels are grey, not white."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from torch import nn
+
+    from explain.filters import KERNEL_GAP, filter_figure, filter_grid
+
+    conv = nn.Sequential(nn.Conv2d(8, 4, 5))
+    with torch.no_grad():
+        conv[0].weight.zero_()  # every kernel white: only the gaps can tell them apart
+    grid = filter_grid(conv, "0")
+    assert grid.kind == "kernels"
+    fig = filter_figure(grid)
+    ax = next(a for a in fig.axes if a.get_ylabel() == "output channel")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].reshape(-1, 3)
+    grey = np.array([int(KERNEL_GAP[i:i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(pixels.astype(int) - grey).max(axis=1) <= 2).sum() > 100  # the gaps are drawn grey
+    assert ax.get_facecolor()[:3] == pytest.approx(tuple(grey / 255))
