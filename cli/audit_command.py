@@ -223,7 +223,8 @@ def _print_summary(result: AuditResult) -> None:
                   f"(below random on {_fmt(f['share_deletion_below_random'], True)}); insertion "
                   f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}")
     if san["images"]:
-        out.print(f"sanity ({san['randomisation']}): median rank correlation {_fmt(san['median_rank_correlation'])} "
+        out.print(f"sanity ({san['randomisation']}): Grad-CAM++ median rank correlation "
+                  f"{_fmt(san['median_rank_correlation'])} "
                   f"over {san['images']} images (Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
     if t["images"]:
         out.print(f"translation ±{t['shift']} px: top-1 kept {_fmt(t['top1_kept'], True)}, peak moves "

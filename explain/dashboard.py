@@ -93,7 +93,7 @@ def _probability_plot(records: Sequence[dict[str, Any]]) -> Markup:
             label=[f"correct ({len(right)})", f"wrong ({len(wrong)})"])
     ax.set_xlabel("probability of the true class")
     ax.set_ylabel("images")
-    ax.legend(frameon=False, loc="upper center")
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)  # above the bars, never on one
     return _plot(fig, "histogram of true-class probabilities")
 
 

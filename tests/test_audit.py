@@ -574,3 +574,22 @@ def test_dashboard_caption_keeps_small_probabilities_visible() -> None:
 
     record = rec("x.png", False, 0.00116, true_name="tabby", pred_name="tiger")
     assert "(p 0.0012)" in _caption(record)  # was "(p 0.001)"
+
+
+def test_probability_histogram_legend_sits_above_the_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legend used to sit inside the axes, over the tallest bars."""
+    import explain.dashboard as dashboard
+
+    figures: list[Any] = []
+    monkeypatch.setattr(dashboard, "_plot", lambda fig, alt, cls=None: figures.append(fig))
+    records = [{"true_prob": p, "correct": p > 0.3} for p in (0.05, 0.1, 0.5, 0.5, 0.55, 0.95, 0.97, 0.99)]
+    dashboard._probability_plot(records)
+    (fig,) = figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert legend.y0 >= ax.get_window_extent(renderer).y1 - 1  # entirely above the plotting area
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["correct (6)", "wrong (2)"]
