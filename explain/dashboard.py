@@ -251,7 +251,7 @@ def _cards(summary: dict[str, Any]) -> Markup:
                   _card("insertion AUC above random", f["share_insertion_above_random"],
                         f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}", True)]
     if s["images"]:
-        cards.append(_card("sanity: median rank correlation", s["median_rank_correlation"],
+        cards.append(_card("sanity: Grad-CAM++ median rank correlation", s["median_rank_correlation"],
                            f"{s['images']} images; Grad-CAM {_fmt(s['gradcam_median_rank_correlation'])}"))
     if t["images"]:
         cards.append(_card(f"top-1 kept under ±{t['shift']} px shifts", t["top1_kept"],
