@@ -408,7 +408,10 @@ def console() -> Any:
 
 def print_table(table: Any, out: Any = None) -> None:
     """Print a rich table; in a narrow terminal long cells (layer names, model names, paths) wrap onto more lines
-    instead of being cut to "…", so every name can still be copied into an option."""
+    instead of being cut to "…", so every name can still be copied into an option. An empty table (nothing was
+    produced: the reason is on stderr) is not printed."""
+    if not table.row_count:
+        return
     for column in table.columns:
         column.overflow = "fold"
     (out or console()).print(table)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    OMIT, ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
+    OMIT, ImagesArg, ModelOptions, RunArgs, handle_errors, model_command, print_table, run_image_command,
 )
 
 if TYPE_CHECKING:
@@ -121,5 +121,3 @@ def _summary(manifest: Manifest, out: Path, kind: str) -> None:
             what = f"{t['index']} {t['name']} ({t['pixels']} px)"
         table.add_row(item["input"], what, f"{t['score']:.4g}", str(out / item["outputs"]["figure"]))
     print_table(table)
-    if not manifest.items:
-        console().print("nothing explained (see the warnings above)")

@@ -319,3 +319,8 @@ def test_tables_wrap_long_names_instead_of_cutting_them() -> None:
     assert "…" not in text
     cells = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))  # column 1
     assert name in cells
+    empty = Table()
+    empty.add_column("input")
+    buffer = io.StringIO()
+    print_table(empty, Console(file=buffer, width=40))
+    assert buffer.getvalue() == ""  # nothing produced: no bare header (the reason is on stderr)
