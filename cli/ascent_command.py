@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar,
+    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar, stderr_line,
 )
 
 _OBJ = "Objectives"
@@ -103,6 +103,11 @@ def ascent(
                          neurons=list(neuron or []), objectives=list(objective or []), config=config,
                          fmt=fmt.lower())
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
+    if not run.quiet:
+        from explain.targets import prefix_notes
+
+        for note in prefix_notes(opts.targets, backbone.class_names):
+            stderr_line(f"note: {note}")
     begin_output(out)
     with progress_bar(steps, "ascent", run.quiet) as advance:
         manifest, _ = run_ascent(backbone, opts, out, seed=model_options.seed, argv=["cnn-explain", *sys.argv[1:]],

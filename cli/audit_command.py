@@ -212,8 +212,8 @@ def _print_summary(result: AuditResult) -> None:
     s = result.summary
     out = console()
     o, loc, f, t, san = (s[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
-    out.print(f"audited {o['n']} image{'' if o['n'] == 1 else 's'}: accuracy {_fmt(o['accuracy'], True)}, mean true-class prob "
-              f"{_fmt(o['mean_true_prob'])}")
+    out.print(f"audited {o['n']} image{'' if o['n'] == 1 else 's'}: accuracy {_fmt(o['accuracy'], True)}, "
+              f"mean true-class prob {_fmt(o['mean_true_prob'])}")
     if loc["images_with_box"]:
         out.print(f"boxes: energy in box {_fmt(loc['mean_energy_in_box'])} (area {_fmt(loc['mean_box_area'])}), "
                   f"pointing {_fmt(loc['pointing_accuracy'], True)}, right for the wrong reason "

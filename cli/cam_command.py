@@ -46,5 +46,5 @@ def cam(
         images, model_options, run, opts.method,
         execute=lambda backbone, files, settings: run_cam(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_cam_options(backbone, opts),
-        summarize=partial(target_summary, out=run.out, output_key="overlay"),
+        summarize=partial(target_summary, out=run.out, output_key="overlay"), targets=opts.targets,
     )

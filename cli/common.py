@@ -346,6 +346,7 @@ def run_image_command(
     prepare: Callable[[Backbone], object] | None = None,
     summarize: Callable[[Manifest], None] | None = None,
     summary_is_result: bool = False,
+    targets: Sequence[str] = (),
 ) -> None:
     """The body every image command shares: find inputs, check the output folder, load the model, check options,
     start the output folder (:func:`explain.manifest.begin_output`), run with a progress bar, report, write the
@@ -361,6 +362,7 @@ def run_image_command(
         prepare: validates every option against the loaded backbone before any work (raises on a bad one).
         summarize: prints the human summary of a finished run.
         summary_is_result: the summary is the command's result (predict's tables), so ``--quiet`` keeps it.
+        targets: the ``--target`` values: a class name taken by its prefix gets a note on stderr (unless quiet).
     """
     from explain.manifest import begin_output, check_output_folder
     from explain.run import RunSettings
@@ -371,6 +373,11 @@ def run_image_command(
     backbone, device = model_options.load()
     if prepare is not None:
         prepare(backbone)
+    if not run.quiet:
+        from explain.targets import prefix_notes
+
+        for note in prefix_notes(targets, backbone.class_names):
+            stderr_line(f"note: {note}")
     if run.out is not None:
         begin_output(run.out)  # every option is checked: the previous run's manifest goes, the outputs come
     with progress_bar(len(files), label, run.quiet) as advance:

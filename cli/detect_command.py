@@ -70,6 +70,7 @@ def detect(
         execute=lambda backbone, files, settings: run_detect(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_detect_options(backbone, opts),
         summarize=lambda manifest: _summary(manifest, run.out, "detection"),
+        targets=[opts.target] if opts.target is not None else [],
     )
 
 
@@ -101,7 +102,7 @@ def segment(
         images, model_options, run, "segment",
         execute=lambda backbone, files, settings: run_segment(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_segment_options(backbone, opts),
-        summarize=lambda manifest: _summary(manifest, run.out, "mask"),
+        summarize=lambda manifest: _summary(manifest, run.out, "mask"), targets=opts.targets,
     )
 
 

@@ -94,5 +94,5 @@ def _run(images: list[str], opts: GradientOptions, model_options: ModelOptions, 
         images, model_options, run, opts.command,
         execute=lambda backbone, files, settings: run_gradients(backbone, files, opts, run.out, settings),
         prepare=lambda backbone: resolve_gradient_options(backbone, opts),
-        summarize=partial(target_summary, out=run.out, output_key="figure"),
+        summarize=partial(target_summary, out=run.out, output_key="figure"), targets=opts.targets,
     )

@@ -76,6 +76,33 @@ def resolve_class(spec: str | int, class_names: Sequence[str]) -> int:
     raise TargetError(f"class name {text!r} is ambiguous: it matches {listed}{more}; use an index")
 
 
+def prefix_notes(specs: Sequence[str], class_names: Sequence[str]) -> list[str]:
+    """What each class *name* in ``specs`` that is not an exact name matched by its unique prefix, and which other
+    classes hold it as a whole word (``"cat"`` is the prefix of "catamaran"; "tiger cat" and "Persian cat" contain
+    the word): a note for the user, since a prefix match can surprise. Indices, ``topK``, exact names and specs that
+    do not resolve (their error comes later) give no note.
+    """
+    notes = []
+    for spec in dict.fromkeys(str(s).strip() for s in specs):
+        lowered = spec.lower()
+        if not spec or re.fullmatch(r"-?\d+", spec) or _TOPK.match(spec):
+            continue
+        if any(name.lower() == lowered for name in class_names):
+            continue
+        try:
+            index = resolve_class(spec, class_names)
+        except TargetError:
+            continue
+        note = f"--target {spec!r} is the unique prefix of {index} ({class_names[index]})"
+        word = re.compile(rf"\b{re.escape(lowered)}\b")
+        others = [f"{i} ({name})" for i, name in enumerate(class_names) if i != index and word.search(name.lower())]
+        if others:
+            more = f" and {len(others) - 4} more" if len(others) > 4 else ""
+            note += f"; classes with the word {spec!r}: {', '.join(others[:4])}{more}"
+        notes.append(note)
+    return notes
+
+
 def parse_target(spec: str | int, class_names: Sequence[str]) -> ClassTarget | TopK:
     """Parse a ``--target`` value: a class index, a class name (exact or unique prefix), or ``topK``."""
     text = str(spec).strip()

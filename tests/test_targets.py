@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from explain.errors import TargetError
-from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target, resolve_class
+from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target, prefix_notes, resolve_class
 
 NAMES = ["tabby", "tiger cat", "catamaran", "cardigan", "Cardigan", "crane", "crane", "cup"]
 
@@ -55,3 +57,24 @@ def test_parse_target_and_neuron() -> None:
     for bad in ("features.4", "features.4:a", "features.4:1:2", ":3"):
         with pytest.raises(TargetError, match="expected LAYER:CHANNEL"):
             parse_neuron(bad)
+
+
+def test_prefix_matches_get_a_note_naming_the_whole_word_classes(imagenet: list[str]) -> None:
+    (note,) = prefix_notes(["cat", "tabby", "top3", "282", "Tiger Cat", "nope", "cat"], imagenet)
+    assert note.startswith("--target 'cat' is the unique prefix of 484 (catamaran); classes with the word 'cat': "
+                           "282 (tiger cat), 283 (Persian cat)") and note.endswith("and 1 more")
+    assert prefix_notes(["tig"], NAMES) == ["--target 'tig' is the unique prefix of 1 (tiger cat)"]
+
+
+def test_cli_prints_the_note_unless_quiet(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    samples = Path(__file__).resolve().parents[1] / "sample_images"
+    runner = CliRunner()
+    args = ["cam", str(samples / "chelsea.png"), "-t", "cat", "--out", str(tmp_path / "a")]
+    told = runner.invoke(app, args)
+    assert told.exit_code == 0 and "note: --target 'cat' is the unique prefix of 484 (catamaran)" in told.stderr
+    quiet = runner.invoke(app, [*args[:-1], str(tmp_path / "b"), "--quiet"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.output
