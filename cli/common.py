@@ -49,7 +49,9 @@ SEED_MAX = 2**32 - 1
 """Largest ``--seed``: NumPy's seeds are 32-bit (torch would take 64 bits, NumPy refuses them)."""
 SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (random weights, sampling).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no informational output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=(
+    "No progress bar, summary tables or notes; errors still go to stderr. predict keeps its tables: they are its "
+    "result."))]
 OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 
 
