@@ -50,8 +50,8 @@ SEED_MAX = 2**32 - 1
 SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (random weights, sampling).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=(
-    "No progress bar, summary tables or notes; errors still go to stderr. predict keeps its tables: they are its "
-    "result."))]
+    "No progress bar, summary tables or notes; errors and warnings still go to stderr. predict keeps its tables: "
+    "they are its result."))]
 OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
 
 
@@ -307,6 +307,12 @@ def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list
     return files, errors
 
 
+def report_warnings(warnings: Sequence[str]) -> None:
+    """One stderr line per run-level warning (also with ``--quiet``: they are in the manifest too)."""
+    for warning in warnings:
+        stderr_line(f"warning: {warning}")
+
+
 def report_errors(errors: Sequence[dict[str, str]]) -> None:
     """One stderr line per failed input."""
     for err in errors:
@@ -387,8 +393,7 @@ def run_image_command(
                                argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)
         manifest = execute(backbone, files, settings)
     manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
-    for warning in manifest.warnings:
-        stderr_line(f"warning: {warning}")
+    report_warnings(manifest.warnings)
     if summarize is not None and not run.as_json and (summary_is_result or not run.quiet):
         summarize(manifest)
     finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}), run.quiet)
