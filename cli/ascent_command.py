@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar, stderr_line,
+    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar,
+    report_prefix_notes,
 )
 
 _OBJ = "Objectives"
@@ -104,10 +105,7 @@ def ascent(
                          fmt=fmt.lower())
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
     if not run.quiet:
-        from explain.targets import prefix_notes
-
-        for note in prefix_notes(opts.targets, backbone.class_names):
-            stderr_line(f"note: {note}")
+        report_prefix_notes(opts.targets, backbone.class_names)
     begin_output(out)
     with progress_bar(steps, "ascent", run.quiet) as advance:
         manifest, _ = run_ascent(backbone, opts, out, seed=model_options.seed, argv=["cnn-explain", *sys.argv[1:]],

@@ -307,6 +307,15 @@ def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list
     return files, errors
 
 
+def report_prefix_notes(targets: Sequence[str], class_names: Sequence[str]) -> None:
+    """A stderr note for every ``--target`` class name taken by its unique prefix
+    (:func:`explain.targets.prefix_notes`)."""
+    from explain.targets import prefix_notes
+
+    for note in prefix_notes(targets, class_names):
+        stderr_line(f"note: {note}")
+
+
 def report_warnings(warnings: Sequence[str]) -> None:
     """One stderr line per run-level warning (also with ``--quiet``: they are in the manifest too)."""
     for warning in warnings:
@@ -382,10 +391,7 @@ def run_image_command(
     if prepare is not None:
         prepare(backbone)
     if not run.quiet:
-        from explain.targets import prefix_notes
-
-        for note in prefix_notes(targets, backbone.class_names):
-            stderr_line(f"note: {note}")
+        report_prefix_notes(targets, backbone.class_names)
     if run.out is not None:
         begin_output(run.out)  # every option is checked: the previous run's manifest goes, the outputs come
     with progress_bar(len(files), label, run.quiet) as advance:
