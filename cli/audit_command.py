@@ -13,7 +13,7 @@ import typer
 
 from cli.common import (
     ModelOptions, RunArgs, check_out_is_not_an_input, console, finish, handle_errors, interrupt_hint, model_command,
-    progress_bar, report_warnings,
+    progress_bar,
 )
 
 if TYPE_CHECKING:
@@ -134,7 +134,6 @@ def audit(
     sanity_steps = cascade_length(backbone.model, cascade) if sanity and inputs.files else 0
     with progress_bar(len(inputs.files) + sanity_steps, "audit", quiet) as advance, interrupt_hint(resume_hint(out)):
         result = run_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
-    report_warnings(result.manifest.warnings)
     if not quiet and not json_:
         _print_summary(result)
     finish(result.manifest, None, json_, len(result.records))
@@ -175,7 +174,6 @@ def _audit_detection(backbone: Backbone, dataset: Path, opts: DetectionAuditOpti
     inputs = load_audit_inputs(dataset, None, backbone.class_names, opts.boxes, opts.groups, exclude=(out,))
     with progress_bar(len(inputs.files), "audit", quiet) as advance, interrupt_hint(resume_hint(out)):
         result = run_detection_audit(backbone, dataset, opts, out, make_settings(advance), inputs=inputs)
-    report_warnings(result.manifest.warnings)
     if not quiet and not json_:
         _print_detection_summary(result)
     finish(result.manifest, None, json_, result.summary["counts"]["images"])

@@ -337,14 +337,15 @@ def exit_code(n_ok: int, n_failed: int) -> int:
 
 
 def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int, quiet: bool = False) -> None:
-    """Write the manifest (last), print it with ``--json`` (else say where it is, unless ``quiet``), report failed
-    inputs, and exit with the right code."""
+    """Write the manifest (last), print it with ``--json`` (else say where it is, unless ``quiet``), report the
+    run's warnings and failed inputs, and exit with the right code."""
     if out is not None:
         manifest.save(out)
     if as_json:
         sys.stdout.write(manifest.to_json() + "\n")
     elif out is not None and not quiet:
         stderr_line(f"outputs in {out}{os.sep} (manifest.json lists them)")
+    report_warnings(manifest.warnings)
     report_errors(manifest.errors)
     code = exit_code(n_ok, len(manifest.errors))
     if n_ok == 0 and not manifest.errors:
@@ -399,7 +400,6 @@ def run_image_command(
                                argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)
         manifest = execute(backbone, files, settings)
     manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
-    report_warnings(manifest.warnings)
     if summarize is not None and not run.as_json and (summary_is_result or not run.quiet):
         summarize(manifest)
     finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}), run.quiet)

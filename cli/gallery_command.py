@@ -14,7 +14,7 @@ import typer
 
 from cli.common import (
     OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, console, finish, handle_errors,
-    model_command, print_table, report_warnings,
+    model_command, print_table,
 )
 from explain.errors import UsageError
 
@@ -149,7 +149,6 @@ def index(
             f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
             f"unchanged {update.unchanged}, failed {len(update.errors)}"
             + (f" · {labelled} labelled, {classes_n} classes" if labelled else " · no labels"))
-    report_warnings(manifest.warnings)
     finish(manifest, out, run.as_json, len(update.index), run.quiet)
 
 
@@ -217,7 +216,6 @@ def neighbours(
         _print_neighbours(manifest, out)
         if report is not None:
             _print_purity(report)
-    report_warnings(manifest.warnings)
     n_ok = len(manifest.items) if files or find_errors else 1
     finish(manifest, out, run.as_json, n_ok, run.quiet)
 
@@ -328,7 +326,6 @@ def tsne(
             f"{method} map of {len(idx)} images → {out}: trustworthiness@{trust['k']} = "
             + (f"{value:.4f}" if value is not None else "n/a")
             + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")
-    report_warnings(manifest.warnings)
     finish(manifest, out, run.as_json, len(idx), run.quiet)
 
 
