@@ -187,7 +187,7 @@ def _stat_path(path: Path) -> tuple[int | None, str]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return None, "symbolic link loop (too many levels of symbolic links)"
-        return None, f"cannot access: {exc.strerror or exc}"
+        return None, os_reason(exc, "cannot access: {}")
 
 
 def _not_regular_reason(mode: int) -> str:

@@ -196,7 +196,7 @@ def begin_output(out: str | Path) -> Path:
     except IsADirectoryError:
         raise UsageError(f"{manifest} is a folder; remove it or pick another --out") from None
     except OSError as exc:
-        raise UsageError(f"cannot remove the previous run's {manifest}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot remove the previous run's {manifest}: {os_reason(exc)}") from None
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from explain.errors import ModelError, UnsafeCheckpointError
+from explain.errors import ModelError, UnsafeCheckpointError, os_reason
 
 #: Keys under which training scripts commonly nest the state_dict.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "ema", "model_ema")
@@ -123,7 +123,7 @@ def _check_container(path: Path) -> str:
         with open(path, "rb") as handle:
             head = handle.read(512)
     except OSError as exc:
-        raise ModelError(f"cannot read checkpoint {str(path)!r}: {exc.strerror or exc}") from exc
+        raise ModelError(f"cannot read checkpoint {str(path)!r}: {os_reason(exc)}") from exc
     if not head:
         raise ModelError(f"checkpoint {str(path)!r} is empty")
     kind = sniff_checkpoint(head)
