@@ -481,8 +481,8 @@ class MapOptions:
             raise UsageError(f"--trust-k must be at least 1 (got {self.trust_k})")
         if not 0 <= self.border <= MAX_BORDER:
             raise UsageError(f"--border must be between 0 and {MAX_BORDER} pixels (got {self.border})")
-        if self.thumb is not None and not MIN_THUMB <= self.thumb <= MAX_THUMB:
-            raise UsageError(f"--thumb-size must be between {MIN_THUMB} and {MAX_THUMB} pixels (got {self.thumb})")
+        if self.thumb is not None:
+            _check_thumb(self.thumb)
         if self.method == "tsne" and self.perplexity <= 0:
             raise UsageError(f"--perplexity must be positive (got {self.perplexity:g})")
         check_threads(self.threads)
@@ -500,6 +500,11 @@ def canvas_side(rows: int, cols: int, thumb: int) -> int:
     return max(800, int(round(max(rows, cols) * thumb * 1.2)))
 
 
+def _check_thumb(thumb: int) -> None:
+    if not MIN_THUMB <= thumb <= MAX_THUMB:
+        raise UsageError(f"--thumb-size must be between {MIN_THUMB} and {MAX_THUMB} pixels (got {thumb})")
+
+
 def map_thumb(n: int, requested: int | None) -> int:
     """The thumbnail side of a map of ``n`` images: ``requested``, or :func:`auto_thumb` shrunk (not below
     :data:`MIN_THUMB`) until the map fits in :data:`MAX_CANVAS` pixels a side.
@@ -513,8 +518,7 @@ def map_thumb(n: int, requested: int | None) -> int:
     fit = int(MAX_CANVAS / (max(rows, cols) * 1.2))
     if requested is None:
         return max(MIN_THUMB, min(auto_thumb(n), fit))
-    if not MIN_THUMB <= requested <= MAX_THUMB:
-        raise UsageError(f"--thumb-size must be between {MIN_THUMB} and {MAX_THUMB} pixels (got {requested})")
+    _check_thumb(requested)
     if canvas_side(rows, cols, requested) > MAX_CANVAS:
         raise UsageError(f"--thumb-size {requested} would make a map of {n} images "
                          f"{canvas_side(rows, cols, requested)} pixels wide (at most {MAX_CANVAS}): use "
