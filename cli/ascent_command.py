@@ -13,6 +13,9 @@ from cli.common import (
     report_prefix_notes,
 )
 
+MAX_SNAPSHOTS = 32
+"""``explain.ascent.MAX_SNAPSHOTS``, repeated here so that ``--help`` needs no torch (a test keeps them equal)."""
+
 _OBJ = "Objectives"
 _OPT = "Optimisation"
 _REG = "Regularisers"
@@ -68,7 +71,7 @@ def ascent(
         help="Plateau window in steps. Default: steps/8 (at least 10).", show_default=False,
         rich_help_panel=_OPT)] = None,
     snapshots: Annotated[int, typer.Option(
-        min=0, max=32, help="Keep N snapshots per image and draw the evolution strip.", rich_help_panel=_OPT)] = 0,
+        min=0, max=MAX_SNAPSHOTS, help="Keep N snapshots per image and draw the evolution strip.", rich_help_panel=_OPT)] = 0,
     l2: Annotated[float, typer.Option(help="L2 penalty weight (Simonyan).", rich_help_panel=_REG)] = 0.0,
     decay: Annotated[float | None, typer.Option(
         help="L2 decay per step (Yosinski). Default: 0.002 (fft), 0 (pixel).", show_default=False,

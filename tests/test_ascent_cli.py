@@ -113,3 +113,10 @@ def test_the_summary_shows_p_only_for_class_objectives(tmp_path: Path) -> None:
     classes = run("--target", "1", "--steps", "1", "--size", "64", "--out", str(tmp_path / "t"))
     header = next(line for line in classes.stdout.splitlines() if "objective" in line).replace("┃", " ")
     assert classes.exit_code == 0 and header.split() == ["objective", "value", "p", "steps", "image"]
+
+
+def test_the_cli_bound_on_snapshots_is_the_library_s() -> None:
+    import cli.ascent_command
+    import explain.ascent
+
+    assert cli.ascent_command.MAX_SNAPSHOTS == explain.ascent.MAX_SNAPSHOTS
