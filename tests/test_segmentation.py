@@ -108,3 +108,58 @@ def test_segmentation_panel_has_a_colour_bar_for_its_map():
     bars = [ax for ax in every if ax.get_ylabel() == "relevance (normalised)"]
     assert len(bars) == 1
     assert [t.get_text() for t in bars[0].get_yticklabels()] == ["0", "0.5", "1 (max)"]
+
+
+def _legend(fig) -> tuple[list[str], list[tuple[float, ...]]]:
+    """The class-map legend's entries and their colours, read back from the figure."""
+    (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    return [t.get_text() for t in legend.get_texts()], [tuple(h.get_facecolor()) for h in legend.legend_handles]
+
+
+def _bands(areas: dict[int, int], width: int = 100) -> np.ndarray:
+    """A class map of vertical bands, class c ``areas[c]`` columns wide."""
+    return np.concatenate([np.full((10, n), c, dtype=np.int64) for c, n in areas.items()], axis=1)[:, :width]
+
+
+def test_segmentation_legend_sorted_by_area_in_distinct_voc_colours():
+    """Every present class once, largest area first, in the colour the class map draws it in; VOC classes in the
+    VOC palette, so bicycle/diningtable, boat/horse, bus/person and chair/sofa (one colour each before) differ."""
+    from PIL import Image
+
+    from explain.detection.figures import VOC_CLASSES, class_palette, segmentation_panel, voc_colour
+
+    assert [voc_colour(i) for i in (0, 1, 2, 15, 18, 20)] == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (192, 128, 128),
+                                                               (0, 192, 0), (0, 64, 128)]
+    palette = class_palette(VOC_CLASSES)
+    assert len({tuple(c) for c in palette}) == 21
+    predicted = _bands({0: 10, 9: 2, 18: 46, 15: 30, 2: 12})  # sofa 46 %, chair 2 %
+    fig = segmentation_panel(Image.new("RGB", (100, 10)), predicted, VOC_CLASSES, np.zeros((10, 100)),
+                             predicted == 15, "t", "m")
+    labels, colours = _legend(fig)
+    assert labels == ["18 sofa (46%)", "15 person (30%)", "2 bicycle (12%)", "0 __background__ (10%)",
+                      "9 chair (2%)"]
+    expected = [(*(np.array(voc_colour(c)) / 255.0), 1.0) for c in (18, 15, 2, 0, 9)]
+    np.testing.assert_allclose(colours, expected)
+    drawn = fig.axes[1].get_images()[0].get_array()[0, [0, 10, 12, 60, 99]]  # classes 0, 9, 18, 15, 2
+    np.testing.assert_allclose(drawn, [np.array(voc_colour(c)) / 255.0 for c in (0, 9, 18, 15, 2)])
+
+
+def test_segmentation_legend_cut_with_a_count_and_generated_palette_for_other_classes():
+    """More than 12 present classes: the 11 largest, then '+N more' with their total area; a class list that is
+    not VOC gets a generated palette with no colour twice."""
+    from PIL import Image
+
+    from explain.detection.figures import LEGEND_MAX, class_palette, segmentation_panel
+
+    names = [f"k{i}" for i in range(91)]
+    palette = class_palette(names)
+    assert len({tuple(np.round(c, 6)) for c in palette}) == 91 and tuple(palette[0]) == (0.0, 0.0, 0.0)
+    areas = {c: 20 - c for c in range(1, 16)}  # 15 classes, class 1 largest; 180 columns
+    predicted = _bands(areas, width=180)
+    fig = segmentation_panel(Image.new("RGB", (180, 10)), predicted, names, np.zeros((10, 180)),
+                             predicted == 1, "t", "m")
+    labels, colours = _legend(fig)
+    assert len(labels) == LEGEND_MAX == 12
+    assert [label.split()[0] for label in labels[:-1]] == [str(c) for c in range(1, 12)]
+    assert labels[-1] == f"+4 more ({100 * sum(range(5, 9)) / 180:.0f}%)"
+    np.testing.assert_allclose([c[:3] for c in colours[:-1]], palette[1:12])

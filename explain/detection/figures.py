@@ -30,9 +30,50 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 EXPLAINED = "#ffffff"
 
 
+#: The 21 class names of PASCAL VOC segmentation (torchvision's segmenters), background first.
+VOC_CLASSES = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+#: Classes named in a segmentation legend; the rest are summed up in one "+N more" line.
+LEGEND_MAX = 12
+
+
 def class_colour(label: int) -> str:
     """The box colour of a class."""
     return PALETTE[label % len(PALETTE)]
+
+
+def voc_colour(index: int) -> tuple[int, int, int]:
+    """The PASCAL VOC colour of class ``index`` (0-255 RGB), by the dataset's bit-interleaving rule.
+
+    The index's bits are dealt out three at a time, lowest first, to red, green and blue, each landing one bit lower
+    in its byte than the last (from bit 7 down), so 0 is black, 1 dark red ``(128, 0, 0)``, 15 (person)
+    ``(192, 128, 128)``; the 256 indices of a byte get 256 different colours.
+    """
+    rgb = [0, 0, 0]
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            rgb[channel] |= ((index >> channel) & 1) << shift
+        index >>= 3
+    return rgb[0], rgb[1], rgb[2]
+
+
+def class_palette(class_names: Sequence[str]) -> np.ndarray:
+    """One distinct RGB colour in [0, 1] per class of a segmenter, ``(len(class_names), 3)``; class 0 is black.
+
+    The VOC classes get the PASCAL VOC palette (:func:`voc_colour`), so pictures read like the dataset's own; any
+    other list gets hues spaced by the golden ratio (no two equal) cycling through three brightness and two
+    saturation levels, so neighbouring indices differ in lightness too.
+    """
+    from matplotlib.colors import hsv_to_rgb
+
+    count = len(class_names)
+    if tuple(class_names) == VOC_CLASSES:
+        return np.array([voc_colour(i) for i in range(count)], dtype=np.float64) / 255.0
+    k = np.arange(count - 1, dtype=np.float64)
+    hsv = np.stack([(k * 0.6180339887498949) % 1.0, np.where((k // 3) % 2 == 0, 0.85, 0.55),
+                    np.array([0.95, 0.75, 0.55])[k.astype(int) % 3]], axis=-1)
+    return np.concatenate([np.zeros((1, 3)), hsv_to_rgb(hsv).reshape(-1, 3)])
 
 
 def detection_label(d: Detection, class_names: Sequence[str]) -> str:
@@ -214,12 +255,32 @@ def draw_box(image: Image.Image, detection: Detection) -> Image.Image:
     return out
 
 
-def class_map_rgb(predicted: np.ndarray) -> np.ndarray:
-    """``(H, W)`` class indices -> RGB in [0, 1] (class 0, the background, black)."""
-    from matplotlib.colors import to_rgb
+def class_map_rgb(predicted: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """``(H, W)`` class indices -> RGB in [0, 1], a colour per class (:func:`class_palette`; the background black)."""
+    return class_palette(class_names)[predicted]
 
-    colours = np.array([(0.0, 0.0, 0.0)] + [to_rgb(class_colour(c)) for c in range(1, int(predicted.max()) + 1)])
-    return colours[predicted]
+
+def _legend_handles(predicted: np.ndarray, class_names: Sequence[str], palette: np.ndarray) -> list[Any]:
+    """Legend entries of the classes present in ``predicted``, largest area first (ties: lower index), at most
+    :data:`LEGEND_MAX`; the rest as one last ``+N more`` entry with their total area."""
+    from matplotlib.patches import Patch
+
+    classes, counts = np.unique(predicted, return_counts=True)
+    order = np.lexsort((classes, -counts))
+    share = counts / max(1, predicted.size)
+
+    def percent(p: float) -> str:
+        return "<1%" if 0 < p < 0.005 else f"{100.0 * p:.0f}%"
+
+    shown = order[:LEGEND_MAX] if len(order) <= LEGEND_MAX else order[:LEGEND_MAX - 1]
+    handles: list[Any] = [Patch(facecolor=palette[classes[i]], edgecolor="grey",
+                                label=f"{classes[i]} {class_names[classes[i]]} ({percent(share[i])})")
+                          for i in shown]
+    rest = order[len(shown):]
+    if len(rest):
+        handles.append(Patch(facecolor="none", edgecolor="none",
+                             label=f"+{len(rest)} more ({percent(float(share[rest].sum()))})"))
+    return handles
 
 
 def segmentation_panel(
@@ -234,14 +295,14 @@ def segmentation_panel(
 ) -> Figure:
     """Predicted classes over the photo | class map with legend | the map with the explained region outlined.
 
-    All arrays are at photo size: ``predicted`` int ``(H, W)``, ``map01`` float in [0, 1], ``region`` bool.
+    The legend lists the classes present, largest area first (at most :data:`LEGEND_MAX` lines, the rest summed up
+    as ``+N more``), in the colours of the class map (:func:`class_palette`). All arrays are at photo size: ``predicted`` int ``(H, W)``, ``map01`` float in [0, 1], ``region`` bool.
     """
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    classes = np.unique(predicted)
-    colours = class_map_rgb(predicted)
+    palette = class_palette(class_names)
+    colours = palette[predicted]
     tinted = np.where((predicted > 0)[..., None], 0.45 * photo + 0.55 * colours, photo)
     width, height = image.size
     fig = Figure(figsize=(13.5, 4.3 * height / width + 1.1), layout="constrained")
@@ -250,9 +311,7 @@ def segmentation_panel(
     axes[0].set_title("predicted classes over the photo", fontsize=9)
     axes[1].imshow(colours, interpolation="nearest")
     axes[1].set_title("class map", fontsize=9)
-    handles = [Patch(facecolor=class_colour(int(c)) if c else "black", edgecolor="grey",
-                     label=f"{int(c)} {class_names[int(c)] if int(c) < len(class_names) else c} "
-                           f"({100.0 * float((predicted == c).mean()):.0f}%)") for c in classes[:12]]
+    handles = _legend_handles(predicted, class_names, palette)
     axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     axes[2].imshow(blend(image, map01, colormap))
     axes[2].contour(region.astype(np.float32), levels=[0.5], colors="white", linewidths=1.6)

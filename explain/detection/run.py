@@ -395,7 +395,7 @@ def _segment_group(group: list[tuple[LoadedImage, Any]], backbone: Backbone, opt
         stem = stems[loaded.display]
         geometry = backbone.preprocess.geometry(*loaded.image.size)
         predicted = _class_map_to_photo(result.predicted[i], loaded.image.size)
-        write_bytes(out / f"{stem}/classes.png", _png(_class_picture(predicted)))
+        write_bytes(out / f"{stem}/classes.png", _png(_class_picture(predicted, backbone.class_names)))
         write_npy(out / f"{stem}/classes.npy", result.predicted[i].astype(np.int64))
         present = [int(c) for c in np.unique(result.predicted[i])]
         record = {**_image_record(loaded, geometry), "outputs": {"classes": f"{stem}/classes.png",
@@ -425,10 +425,10 @@ def _class_map_to_photo(predicted: np.ndarray, photo_size: tuple[int, int]) -> n
     return np.asarray(PILImage.fromarray(predicted.astype(np.int32), mode="I").resize(photo_size, PILImage.NEAREST))
 
 
-def _class_picture(predicted: np.ndarray) -> Any:
+def _class_picture(predicted: np.ndarray, class_names: Sequence[str]) -> Any:
     from explain.detection.figures import class_map_rgb, to_pil
 
-    return to_pil(class_map_rgb(predicted))
+    return to_pil(class_map_rgb(predicted, class_names))
 
 
 def _write_mask(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m: SegmentationMap,
