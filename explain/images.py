@@ -5,7 +5,8 @@ with the next file) and never print, warn or exit:
 
 * :func:`find_images` turns the ``IMAGES...`` arguments of a command (any mix of files and folders) into an ordered,
   de-duplicated list of :class:`ImageFile`, leaving out the folders it is told to (a run's own output folder) and
-  reporting image-named entries that are not readable files (broken links, link loops, pipes, devices).
+  the output folders of earlier runs, and reporting image-named entries that are not readable files (broken links,
+  link loops, pipes, devices).
 * :func:`load_image` reads one file and returns a :class:`LoadedImage`: an RGB ``PIL.Image`` that is ready for a
   model, the SHA-256 of the file and notes on every non-trivial conversion that was made.
 
@@ -60,6 +61,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from explain.errors import InputError, UsageError, os_reason
+from explain.manifest import holds_run_manifest
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 """File extensions (lower case, with the dot) that :func:`find_images` picks up when it walks a folder."""
@@ -223,8 +225,8 @@ def _walk_folder(
     Entries are sorted by name within each folder and a sub-folder's files come at the position of the
     sub-folder's name, so the order is that of the sorted relative paths compared component by component.
     Hidden files and folders (names starting with ``.``), names without an image extension, symbolic links to
-    folders and the folders in ``exclude`` are skipped silently. Because folder links are never followed, a walk
-    cannot loop.
+    folders, the folders in ``exclude`` and the output folders of earlier runs (sub-folders holding a cnn-explain
+    ``manifest.json``) are skipped silently. Because folder links are never followed, a walk cannot loop.
     """
     try:
         with os.scandir(folder) as scan:
@@ -241,7 +243,7 @@ def _walk_folder(
         except OSError:  # pragma: no cover - vanished or unreadable between listing and stat
             continue
         if is_dir:
-            if not _is_excluded(path, exclude):
+            if not _is_excluded(path, exclude) and not holds_run_manifest(path):
                 yield from _walk_folder(path, shown, errors, exclude)
             continue
         if not _is_image_name(entry.name):
@@ -283,7 +285,9 @@ def find_images(
     written inside an input folder would be read back as inputs on the next run. Folders are compared by identity
     (device and inode), so any spelling of the path, or a symbolic link to it, matches. Like hidden folders, an
     excluded folder is still walked when it is named explicitly in ``inputs`` (the user asked for it), and so is an
-    input folder inside an excluded one; only sub-folders met during a walk are left out.
+    input folder inside an excluded one; only sub-folders met during a walk are left out. For the same reason a walk
+    does not enter a sub-folder that holds a cnn-explain ``manifest.json``
+    (:func:`explain.manifest.holds_run_manifest`): it is the output folder of an earlier run, whatever its name.
 
     Order: the inputs in the order given; within a folder, paths relative to it sorted component by component by
     plain string comparison (so ``B.jpg`` < ``a.jpg``, and the files of sub-folder ``a`` come before ``a.jpg``).

@@ -22,6 +22,8 @@ import io
 import json
 import os
 import platform
+import re
+import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +202,29 @@ def begin_output(out: str | Path) -> Path:
     return out
 
 
+TOOL_NAME = "cnn-explain"
+_HEAD_BYTES = 4096
+_TOOL_HEAD = re.compile(rb'^\s*\{\s*"schema_version"\s*:\s*\d+\s*,\s*"tool"\s*:\s*\{\s*"name"\s*:\s*"'
+                        + re.escape(TOOL_NAME.encode()) + rb'"')
+
+
+def holds_run_manifest(folder: str | Path) -> bool:
+    """Whether ``folder`` holds the ``manifest.json`` of a cnn-explain run (its ``"tool"`` is this tool's name).
+
+    Only the first bytes are read: :meth:`Manifest.to_json` writes ``schema_version`` and ``tool`` first, so a
+    large manifest costs no more than a small one; any other ``manifest.json`` (a web app's, say) does not count.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the open
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    return _TOOL_HEAD.match(head) is not None
+
+
 def tool_record() -> dict[str, Any]:
     """Name and versions of the tool and the libraries that shape its results."""
     from importlib import metadata
@@ -212,7 +237,7 @@ def tool_record() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return {"name": "cnn-explain", "version": __version__, "versions": versions}
+    return {"name": TOOL_NAME, "version": __version__, "versions": versions}
 
 
 def utc_now() -> str:
@@ -272,19 +297,35 @@ class Manifest:
 _RUN_FILE_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".html", ".png", ".svg", ".pdf", ".npy", ".txt", ".jpg"})
 
 
-def safe_stem(display: str) -> str:
+_STEM_BYTES = 120
+
+
+def _clean_name(text: str, max_bytes: int) -> str:
+    """``text`` with ``/`` as ``__``, every run of characters other than letters, digits, ``.``, ``-`` as ``_``,
+    cut to ``max_bytes`` of UTF-8."""
+    cleaned = re.sub(r"[^\w.-]+", "_", text.replace("/", "__")).strip("._")
+    return cleaned.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore").rstrip("._")
+
+
+def safe_stem(display: str, keep_extension: bool = False) -> str:
     """A file-system-safe, readable folder name for an input (``photos/cat 1.jpg`` -> ``photos__cat_1``).
 
     Letters and digits of any script are kept (``ünï 日本.png`` -> ``ünï_日本``), everything else becomes ``_``;
     the name is cut to at most 120 bytes of UTF-8 (file systems allow 255). A name that would end like a run-level
     file (``manifest.json.png`` -> ``manifest.json``) has its last dot replaced (``manifest_json``), so an input's
     folder can never take the place of the run's manifest, index page or tables.
-    """
-    import re
 
-    stem = display.rsplit(".", 1)[0] if "." in Path(display).name else display
-    cleaned = re.sub(r"[^\w.-]+", "_", stem.replace("/", "__")).strip("._")
-    cleaned = cleaned.encode("utf-8")[:120].decode("utf-8", errors="ignore").rstrip("._")
+    Args:
+        display: the input's path as shown.
+        keep_extension: keep the file's extension after a ``_`` (``cat.gif`` -> ``cat_gif``), to tell apart inputs
+            that differ only by it; the extension survives the cut to 120 bytes.
+    """
+    has_extension = "." in Path(display).name
+    stem, extension = display.rsplit(".", 1) if has_extension else (display, "")
+    tail = _clean_name(extension, 16) if keep_extension else ""
+    tail = f"_{tail}" if tail else ""
+    cleaned = _clean_name(stem, _STEM_BYTES - len(tail.encode("utf-8")))
+    cleaned = f"{cleaned}{tail}" if cleaned else tail.lstrip("_")
     suffix = Path(cleaned).suffix
     if suffix.lower() in _RUN_FILE_SUFFIXES:
         cleaned = f"{cleaned[: -len(suffix)]}_{suffix[1:]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -39,19 +40,34 @@ class RunSettings:
 
 
 def output_stems(displays: Sequence[str]) -> list[str]:
-    """Unique, readable output folder names: the inputs' paths without their common folder, made file-safe."""
+    """Unique, readable output folder names: the inputs' paths without their common folder, made file-safe.
+
+    Inputs whose names would be the same keep their extension (``cat.gif`` -> ``cat_gif`` beside ``cat_png``).
+    Names are compared ignoring case (``Cat`` and ``cat`` are one folder on macOS and Windows); a name that is still
+    taken, by an earlier input or by the planned name of any other input (``a.jpg``, ``a.png`` and ``a_2.jpg``),
+    gets the first free ``_2``, ``_3`` ... so no two inputs ever share an output folder.
+    """
     parts = [PurePosixPath(d).parts for d in displays]
     common = 0
     if parts:
         shortest = min(len(p) for p in parts)
         while common < shortest - 1 and len({p[common] for p in parts}) == 1:
             common += 1
-    seen: dict[str, int] = {}
+    relative = ["/".join(p[common:]) for p in parts]
+    plain = [safe_stem(r) for r in relative]
+    counts = Counter(stem.casefold() for stem in plain)
+    wanted = [safe_stem(r, keep_extension=True) if counts[stem.casefold()] > 1 else stem
+              for r, stem in zip(relative, plain)]
+    planned = {stem.casefold() for stem in wanted}
+    taken: set[str] = set()
     stems = []
-    for p in parts:
-        stem = safe_stem("/".join(p[common:]))
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    for stem in wanted:
+        name, n = stem, 1
+        while name.casefold() in taken or (name != stem and name.casefold() in planned):
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.casefold())
+        stems.append(name)
     return stems
 
 
