@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,10 +113,36 @@ class ModelOptions:
 
 
 # --- speaking to the user ---------------------------------------------------------------------------------
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+"""What must never reach a terminal raw: C0/C1 control characters (ESC sequences, newlines, carriage returns), the
+Unicode line separators and bidirectional overrides (text that reads differently from what it is), and the lone
+surrogates that stand for undecodable bytes in file names."""
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def terminal_text(value: object) -> str:
+    """``value`` as text that prints as what it is: every unprintable character (:data:`_UNPRINTABLE`) becomes a
+    visible escape (``\\n``, ``\\x1b``, ``\\u202e``), so a file name cannot move the cursor, colour the terminal or
+    print a fake line. Every line the CLI prints goes through it (:func:`stderr_line`, :func:`say`,
+    :func:`print_table`); Rich markup is off in :func:`console`, so brackets (``cnn-explain[lite]``) print as they are.
+    """
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        code = ord(char)
+        return _NAMED_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return _UNPRINTABLE.sub(escape, str(value))
+
+
 def stderr_line(message: str) -> None:
-    """One line on stderr."""
-    sys.stderr.write(message.rstrip() + "\n")
+    """One line on stderr (unprintable characters escaped: :func:`terminal_text`)."""
+    sys.stderr.write(terminal_text(message).rstrip() + "\n")
     sys.stderr.flush()
+
+
+def say(message: str) -> None:
+    """One line of the command's output on stdout (unprintable characters escaped, no Rich markup)."""
+    console().print(terminal_text(message))
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -280,14 +307,27 @@ def model_command(
 
 
 def check_out_is_not_an_input(out: Path | None, inputs: Sequence[str | Path]) -> None:
-    """Refuse an output folder that is one of the input folders: its outputs would be read as inputs next time."""
+    """Refuse an output folder that is an input folder or holds an input, at any depth (``cam photos/a.jpg --out
+    photos``): the run's outputs would be read as inputs next time, and its ``manifest.json`` would make later walks
+    skip the photos beside it. An output folder inside an input folder is fine: walks skip it."""
     if out is None or not Path(out).is_dir():
         return
     target = Path(out).resolve()
     for item in inputs:
-        if Path(item).is_dir() and Path(item).resolve() == target:
-            raise UsageError(f"--out {out} is also an input folder: the next run would read this run's outputs as "
-                             "inputs; write to another folder (a sub-folder of the input is fine: walks skip it)")
+        path = Path(item)
+        if path.is_dir():
+            folder = path.resolve()
+            if folder == target:
+                raise UsageError(f"--out {out} is also an input folder: the next run would read this run's outputs "
+                                 "as inputs; write to another folder (a sub-folder of the input is fine: walks skip "
+                                 "it)")
+        elif path.exists():
+            folder = path.absolute().parent.resolve()  # where the file is listed (a link may point elsewhere)
+        else:
+            continue
+        if folder == target or target in folder.parents:
+            raise UsageError(f"--out {out} holds the input {item}: outputs and inputs would mix; write to another "
+                             "folder (a new sub-folder is fine: walks skip it)")
 
 
 def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list[ImageFile], list[InputError]]:
@@ -307,12 +347,12 @@ def collect_images(inputs: Sequence[str], out: Path | None = None) -> tuple[list
     return files, errors
 
 
-def report_prefix_notes(targets: Sequence[str], class_names: Sequence[str]) -> None:
-    """A stderr note for every ``--target`` class name taken by its unique prefix
-    (:func:`explain.targets.prefix_notes`)."""
-    from explain.targets import prefix_notes
+def report_target_notes(targets: Sequence[str], class_names: Sequence[str]) -> None:
+    """A stderr note for every ``--target`` class name taken by a word or a prefix of a class name
+    (:func:`explain.targets.match_notes`)."""
+    from explain.targets import match_notes
 
-    for note in prefix_notes(targets, class_names):
+    for note in match_notes(targets, class_names):
         stderr_line(f"note: {note}")
 
 
@@ -380,19 +420,20 @@ def run_image_command(
         prepare: validates every option against the loaded backbone before any work (raises on a bad one).
         summarize: prints the human summary of a finished run.
         summary_is_result: the summary is the command's result (predict's tables), so ``--quiet`` keeps it.
-        targets: the ``--target`` values: a class name taken by its prefix gets a note on stderr (unless quiet).
+        targets: the ``--target`` values: a class name taken by a word or a prefix gets a note on stderr (unless
+            quiet).
     """
     from explain.manifest import begin_output, check_output_folder
     from explain.run import RunSettings
 
-    files, find_errors = collect_images(images, run.out)
     if run.out is not None:
         check_output_folder(run.out)  # before the (slow) model load
+    files, find_errors = collect_images(images, run.out)
     backbone, device = model_options.load()
     if prepare is not None:
         prepare(backbone)
     if not run.quiet:
-        report_prefix_notes(targets, backbone.class_names)
+        report_target_notes(targets, backbone.class_names)
     if run.out is not None:
         begin_output(run.out)  # every option is checked: the previous run's manifest goes, the outputs come
     with progress_bar(len(files), label, run.quiet) as advance:
@@ -420,20 +461,28 @@ def target_summary(manifest: Manifest, out: Path, output_key: str) -> None:
 
 
 def console() -> Any:
-    """A rich console on stdout; when stdout is not a terminal (pipes, files, tests), wide enough for tables."""
+    """A rich console on stdout; when stdout is not a terminal (pipes, files, tests), wide enough for tables.
+
+    Markup and emoji codes are off: what is printed (file names, class names, ``pip install 'cnn-explain[lite]'``)
+    is shown as it is, never read as ``[style]`` or ``:emoji:``."""
     from rich.console import Console
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return Console(highlight=False, markup=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def print_table(table: Any, out: Any = None) -> None:
     """Print a rich table; in a narrow terminal long cells (layer names, model names, paths) wrap onto more lines
     instead of being cut to "…", so every name can still be copied into an option. An empty table (nothing was
-    produced: the reason is on stderr) is not printed."""
+    produced: the reason is on stderr) is not printed. Every cell and the title are made terminal-safe
+    (:func:`terminal_text`); the console is :func:`console`'s, without markup, unless ``out`` is given."""
     if not table.row_count:
         return
+    if isinstance(table.title, str):
+        table.title = terminal_text(table.title)
     for column in table.columns:
         column.overflow = "fold"
+        column.header = terminal_text(column.header) if isinstance(column.header, str) else column.header
+        column._cells = [terminal_text(c) if isinstance(c, str) else c for c in column._cells]  # no public setter
     (out or console()).print(table)
 
 
