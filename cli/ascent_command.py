@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table, progress_bar,
-    report_prefix_notes,
+    OMIT, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table, progress_bar,
+    report_target_notes, say,
 )
 
 MAX_SNAPSHOTS = 32
@@ -21,7 +21,8 @@ _OPT = "Optimisation"
 _REG = "Regularisers"
 
 TargetOpt = Annotated[list[str] | None, typer.Option(
-    "--target", "-t", help="Class index or name (exact or unique prefix); repeatable, one image each.",
+    "--target", "-t",
+    help="Class index or name (exact, a word of one class name or a unique prefix); repeatable, one image each.",
     show_default=False, rich_help_panel=_OBJ)]
 ChannelOpt = Annotated[list[str] | None, typer.Option(
     "--channel", "-c", help="LAYER:C (mean of a channel) or LAYER:A-B (one image per channel); repeatable.",
@@ -108,7 +109,7 @@ def ascent(
                          fmt=fmt.lower())
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
     if not run.quiet:
-        report_prefix_notes(opts.targets, backbone.class_names)
+        report_target_notes(opts.targets, backbone.class_names)
     begin_output(out)
     with progress_bar(steps, "ascent", run.quiet) as advance:
         manifest, _ = run_ascent(backbone, opts, out, seed=model_options.seed, argv=["cnn-explain", *sys.argv[1:]],
@@ -132,4 +133,4 @@ def _summary(manifest: object, out: Path) -> None:
         cells += ["" if prob is None else f"{prob:.2f}"] if shown else []
         table.add_row(*cells, str(item["steps"]), str(out / item["outputs"]["image"]))
     print_table(table)
-    console().print(f"grid: {out / manifest.extra['outputs']['grid']}")  # type: ignore[attr-defined]
+    say(f"grid: {out / manifest.extra['outputs']['grid']}")  # type: ignore[attr-defined]

@@ -12,7 +12,9 @@ from cli.common import (
 )
 
 TargetOpt = Annotated[list[str] | None, typer.Option(
-    "--target", "-t", help="Class index, class name (exact or unique prefix) or topK; repeatable. Default: top1.",
+    "--target", "-t",
+    help="Class index, class name (exact, a word of one class name or a unique prefix) or topK; repeatable. "
+         "Default: top1.",
     show_default=False)]
 NeuronOpt = Annotated[list[str] | None, typer.Option(
     "--neuron", help="LAYER:CHANNEL (channel mean) or LAYER:CHANNEL:Y:X (one unit); repeatable.", show_default=False)]

@@ -44,14 +44,40 @@ class NeuronTarget:
 _TOPK = re.compile(r"^top(\d+)$", re.IGNORECASE)
 
 
+def _listed(indices: Sequence[int], class_names: Sequence[str], most: int = 8) -> str:
+    """``282 (tiger cat), 283 (Persian cat) and 3 more``."""
+    listed = ", ".join(f"{i} ({class_names[i]})" for i in indices[:most])
+    return listed + (f" and {len(indices) - most} more" if len(indices) > most else "")
+
+
+def _matches(text: str, class_names: Sequence[str]) -> tuple[str, list[int]]:
+    """The classes a name matches and how: ``"exact"``, else ``"word"`` (a whole word of the class name), else
+    ``"prefix"`` (the start of the class name), all case-insensitive."""
+    lowered = text.lower()
+    exact = [i for i, name in enumerate(class_names) if name.lower() == lowered]
+    if len(exact) > 1:  # ImageNet has "cardigan" (474) and "Cardigan" (264, the corgi): the exact spelling decides
+        exact = [i for i in exact if class_names[i] == text] or exact
+    if exact:
+        return "exact", exact
+    word = re.compile(rf"(?<!\w){re.escape(lowered)}(?!\w)")
+    words = [i for i, name in enumerate(class_names) if word.search(name.lower())]
+    if words:
+        return "word", words
+    return "prefix", [i for i, name in enumerate(class_names) if name.lower().startswith(lowered)]
+
+
 def resolve_class(spec: str | int, class_names: Sequence[str]) -> int:
     """Turn a class index or name into an index.
 
-    Names match case-insensitively: an exact name first, otherwise a unique prefix. When two names differ only in
-    case (ImageNet's "cardigan" and "Cardigan"), the one spelled exactly as given wins; other spellings are ambiguous.
+    Names match case-insensitively: an exact name first; else a whole word of exactly one class name
+    (``"persian"`` -> "Persian cat"); else a unique prefix (``"catam"`` -> "catamaran"), which is then no whole word of
+    any class. A word of several class names is ambiguous, even when it also starts another name: ``"cat"`` is a word of
+    "tiger cat", "Persian cat" ... and must not silently mean "catamaran". When two names differ only in case
+    (ImageNet's "cardigan" and "Cardigan"), the one spelled exactly as given wins; other spellings are ambiguous.
 
     Raises:
-        TargetError: index out of range, unknown name, or a name/prefix that matches several classes.
+        TargetError: index out of range, unknown name, or a name/word/prefix that matches several classes (the
+            error lists them).
     """
     n = len(class_names)
     text = str(spec).strip()
@@ -62,49 +88,41 @@ def resolve_class(spec: str | int, class_names: Sequence[str]) -> int:
         return index
     if not text:
         raise TargetError("empty class name")
-    lowered = text.lower()
-    exact = [i for i, name in enumerate(class_names) if name.lower() == lowered]
-    if len(exact) > 1:  # ImageNet has "cardigan" (474) and "Cardigan" (264, the corgi): the exact spelling decides
-        exact = [i for i in exact if class_names[i] == text] or exact
-    matches = exact or [i for i, name in enumerate(class_names) if name.lower().startswith(lowered)]
+    kind, matches = _matches(text, class_names)
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise TargetError(f"unknown class name {text!r}{suggest(text, class_names)}")
-    listed = ", ".join(f"{i} ({class_names[i]})" for i in matches[:8])
-    more = f" and {len(matches) - 8} more" if len(matches) > 8 else ""
-    raise TargetError(f"class name {text!r} is ambiguous: it matches {listed}{more}; use an index")
+    if kind != "word":
+        raise TargetError(f"class name {text!r} is ambiguous: it matches {_listed(matches, class_names)}; "
+                          "use an index")
+    lowered = text.lower()
+    starts = [i for i, name in enumerate(class_names) if name.lower().startswith(lowered) and i not in matches]
+    also = f"; {_listed(starts, class_names, 4)} only start{'s' if len(starts) == 1 else ''} with it" if starts else ""
+    raise TargetError(f"class name {text!r} is ambiguous: it is a word of {_listed(matches, class_names)}{also}; "
+                      "use an index or a full name")
 
 
-def prefix_notes(specs: Sequence[str], class_names: Sequence[str]) -> list[str]:
-    """What each class *name* in ``specs`` that is not an exact name matched by its unique prefix, and which other
-    classes hold it as a whole word (``"cat"`` is the prefix of "catamaran"; "tiger cat" and "Persian cat" contain
-    the word): a note for the user, since a prefix match can surprise. Indices, ``topK``, exact names and specs that
-    do not resolve (their error comes later) give no note.
+def match_notes(specs: Sequence[str], class_names: Sequence[str]) -> list[str]:
+    """What each class *name* in ``specs`` that is not an exact name was taken as (the only class holding it as a
+    word, or the only class starting with it): a note for the user, since a partial name can surprise. Indices,
+    ``topK``, exact names and specs that do not resolve (their error comes later) give no note.
     """
     notes = []
     for spec in dict.fromkeys(str(s).strip() for s in specs):
-        lowered = spec.lower()
         if not spec or re.fullmatch(r"-?\d+", spec) or _TOPK.match(spec):
             continue
-        if any(name.lower() == lowered for name in class_names):
+        kind, matches = _matches(spec, class_names)
+        if kind == "exact" or len(matches) != 1:
             continue
-        try:
-            index = resolve_class(spec, class_names)
-        except TargetError:
-            continue
-        note = f"--target {spec!r} is the unique prefix of {index} ({class_names[index]})"
-        word = re.compile(rf"\b{re.escape(lowered)}\b")
-        others = [f"{i} ({name})" for i, name in enumerate(class_names) if i != index and word.search(name.lower())]
-        if others:
-            more = f" and {len(others) - 4} more" if len(others) > 4 else ""
-            note += f"; classes with the word {spec!r}: {', '.join(others[:4])}{more}"
-        notes.append(note)
+        how = "with that word" if kind == "word" else "starting with it"
+        notes.append(f"--target {spec!r} is taken as {matches[0]} ({class_names[matches[0]]}), the only class name "
+                     f"{how}")
     return notes
 
 
 def parse_target(spec: str | int, class_names: Sequence[str]) -> ClassTarget | TopK:
-    """Parse a ``--target`` value: a class index, a class name (exact or unique prefix), or ``topK``."""
+    """Parse a ``--target`` value: a class index, a class name (see :func:`resolve_class`), or ``topK``."""
     text = str(spec).strip()
     match = _TOPK.match(text)
     if match:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from explain.errors import TargetError
-from explain.targets import ClassTarget, NeuronTarget, TopK, parse_neuron, parse_target, prefix_notes, resolve_class
+from explain.targets import ClassTarget, NeuronTarget, TopK, match_notes, parse_neuron, parse_target, resolve_class
 
 NAMES = ["tabby", "tiger cat", "catamaran", "cardigan", "Cardigan", "crane", "crane", "cup"]
 
@@ -23,7 +23,21 @@ def test_indices_exact_names_and_unique_prefixes() -> None:
     assert resolve_class("2", NAMES) == 2 and resolve_class(7, NAMES) == 7
     assert resolve_class("TIGER CAT", NAMES) == 1  # case-insensitive
     assert resolve_class("tab", NAMES) == 0 and resolve_class(" cu ", NAMES) == 7
-    assert resolve_class("cat", NAMES) == 2  # the unique prefix rule of DESIGN ("tiger cat" does not start with it)
+    assert resolve_class("catam", NAMES) == 2  # a unique prefix that is no whole word of a class
+    assert resolve_class("cat", NAMES) == 1  # a whole word of exactly one class name comes before a prefix
+
+
+def test_a_word_of_several_class_names_is_ambiguous_even_when_it_starts_another(imagenet: list[str]) -> None:
+    """Issue 15: ``-t cat`` explained "catamaran", the only name starting with "cat", though "cat" is a word of five
+    ImageNet classes."""
+    with pytest.raises(TargetError) as caught:
+        resolve_class("cat", imagenet)
+    assert str(caught.value) == (
+        "class name 'cat' is ambiguous: it is a word of 282 (tiger cat), 283 (Persian cat), 284 (Siamese cat), "
+        "285 (Egyptian cat), 383 (Madagascar cat); 484 (catamaran) only starts with it; use an index or a full name")
+    with pytest.raises(TargetError, match="'shark' is ambiguous: it is a word of 2 \\(great white shark\\), 3 "):
+        resolve_class("shark", imagenet)
+    assert resolve_class("persian", imagenet) == 283 and resolve_class("catam", imagenet) == 484
 
 
 def test_names_that_differ_only_in_case_are_told_apart_by_their_spelling(imagenet: list[str]) -> None:
@@ -59,11 +73,12 @@ def test_parse_target_and_neuron() -> None:
             parse_neuron(bad)
 
 
-def test_prefix_matches_get_a_note_naming_the_whole_word_classes(imagenet: list[str]) -> None:
-    (note,) = prefix_notes(["cat", "tabby", "top3", "282", "Tiger Cat", "nope", "cat"], imagenet)
-    assert note.startswith("--target 'cat' is the unique prefix of 484 (catamaran); classes with the word 'cat': "
-                           "282 (tiger cat), 283 (Persian cat)") and note.endswith("and 1 more")
-    assert prefix_notes(["tig"], NAMES) == ["--target 'tig' is the unique prefix of 1 (tiger cat)"]
+def test_partial_names_get_a_note_saying_what_they_were_taken_as(imagenet: list[str]) -> None:
+    specs = ["catam", "persian", "cat", "tabby", "top3", "282", "Tiger Cat", "nope", "catam"]
+    assert match_notes(specs, imagenet) == [
+        "--target 'catam' is taken as 484 (catamaran), the only class name starting with it",
+        "--target 'persian' is taken as 283 (Persian cat), the only class name with that word",
+    ]  # ambiguous ("cat"), unknown ("nope"), exact, index and topK specs get none
 
 
 def test_cli_prints_the_note_unless_quiet(tmp_path: Path) -> None:
@@ -73,8 +88,12 @@ def test_cli_prints_the_note_unless_quiet(tmp_path: Path) -> None:
 
     samples = Path(__file__).resolve().parents[1] / "sample_images"
     runner = CliRunner()
-    args = ["cam", str(samples / "chelsea.png"), "-t", "cat", "--out", str(tmp_path / "a")]
+    ambiguous = runner.invoke(app, ["cam", str(samples / "chelsea.png"), "-t", "cat", "--out", str(tmp_path / "c")])
+    assert ambiguous.exit_code == 2 and ambiguous.stderr.startswith("error: class name 'cat' is ambiguous: it is a "
+                                                                    "word of 282 (tiger cat)")
+    assert len(ambiguous.stderr.splitlines()) == 1 and not (tmp_path / "c").exists()
+    args = ["cam", str(samples / "chelsea.png"), "-t", "catam", "--out", str(tmp_path / "a")]
     told = runner.invoke(app, args)
-    assert told.exit_code == 0 and "note: --target 'cat' is the unique prefix of 484 (catamaran)" in told.stderr
+    assert told.exit_code == 0 and "note: --target 'catam' is taken as 484 (catamaran)" in told.stderr
     quiet = runner.invoke(app, [*args[:-1], str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output
