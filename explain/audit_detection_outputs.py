@@ -21,6 +21,7 @@ from explain.audit_detection import IMAGE_COLUMNS, OBJECT_COLUMNS, detection_sum
 from explain.audit_outputs import OVERLAY_SIDE, _jpeg, _jsonl_text, error_records
 from explain.audit_summary import small_group_warnings
 from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
+from explain.run import output_stems
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -155,8 +156,10 @@ def write_detection_outputs(backbone: Backbone, task: DetectionTask, inputs: Aud
     chosen = list(dict.fromkeys((w["path"], w["object_id"]) for rows in summary["worst"].values() for w in rows))
     pictures = render_worst(task, inputs, objects, images, chosen) if chosen else {}
     overlay_files = {}
+    paths = list(dict.fromkeys(key[0] for key in pictures))
+    stems = dict(zip(paths, output_stems(paths)))  # a.jpg, a.png: two names
     for key, picture in pictures.items():
-        overlay_files[key] = f"overlays/{safe_stem(key[0])}_object{safe_stem(key[1])}.jpg"
+        overlay_files[key] = f"overlays/{stems[key[0]]}_object{safe_stem(str(key[1]))}.jpg"
         write_bytes(out / overlay_files[key], _jpeg(picture))
     uris = {f"{k[0]}#{k[1]}": png_data_uri(p, fmt="JPEG") for k, p in pictures.items()}
     write_text(out / DETECTION_OUTPUTS["dashboard"], render_detection_dashboard(summary, objects, uris))

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_summary import small_group_warnings, summarize
-from explain.manifest import Manifest, csv_text, safe_stem, write_bytes, write_text
+from explain.manifest import Manifest, csv_text, write_bytes, write_text
+from explain.run import output_stems
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -154,8 +155,8 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
     worst_paths = list(dict.fromkeys(p for paths in body["worst"].values() for p in paths))
     pictures = render_overlays(backbone, inputs, worst_paths, layer, settings) if worst_paths else {}
     overlay_files = {}
-    for key, picture in pictures.items():
-        overlay_files[key] = f"overlays/{safe_stem(key)}.jpg"
+    for (key, picture), stem in zip(pictures.items(), output_stems(list(pictures))):  # a.jpg, a.png: two files
+        overlay_files[key] = f"overlays/{stem}.jpg"
         write_bytes(out / overlay_files[key], _jpeg(picture))
     uris = {key: png_data_uri(picture, fmt="JPEG") for key, picture in pictures.items()}
     write_text(out / OUTPUTS["dashboard"], render_dashboard(summary, records, uris))

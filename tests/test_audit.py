@@ -593,3 +593,28 @@ def test_probability_histogram_legend_sits_above_the_bars(monkeypatch: pytest.Mo
     legend = ax.get_legend().get_window_extent(renderer)
     assert legend.y0 >= ax.get_window_extent(renderer).y1 - 1  # entirely above the plotting area
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["correct (6)", "wrong (2)"]
+
+
+def test_worst_overlays_of_a_jpg_and_a_png_are_two_files(lite0: Any, samples: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: overlays were named by the stem alone, so a.jpg and a.png wrote one overlays/a.jpg."""
+    import explain.audit_outputs
+    from PIL import Image
+
+    from explain.run import RunSettings
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    for name in ("a.jpg", "a.png"):
+        with Image.open(samples / "chelsea.png") as image:
+            image.convert("RGB").resize((64, 48)).save(root / name)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,class_index\na.jpg,1\na.png,1\n")
+    shades = iter(range(0, 250, 50))
+    monkeypatch.setattr(explain.audit_outputs, "render_overlays", lambda backbone, inputs, paths, layer, settings: {
+        p: Image.new("RGB", (8, 8), (next(shades),) * 3) for p in paths})
+    result = run_audit(lite0, root, AuditOptions(labels=labels, worst=2), tmp_path / "out", RunSettings(batch_size=2),
+                       task_factory=lambda *a: FakeTask())
+    overlays = [item["outputs"]["overlay"] for item in result.manifest.items]
+    assert sorted(overlays) == ["overlays/a_jpg.jpg", "overlays/a_png.jpg"]
+    assert (tmp_path / "out" / overlays[0]).read_bytes() != (tmp_path / "out" / overlays[1]).read_bytes()
