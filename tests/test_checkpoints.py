@@ -146,6 +146,37 @@ def test_code_running_checkpoints_name_the_code_and_need_trust(files: dict[str, 
     assert "pwned" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_protocol_4_checkpoint_leaks_no_torch_warning_and_says_why(tmp_path: Path, zip_format: bool) -> None:
+    """Issue 15: torch's 'Detected pickle protocol 4' UserWarning reached the terminal, and the refusal only named
+    an opcode ('Unsupported operand 149'). It is kept off the terminal and the refusal names the protocol."""
+    import warnings
+
+    path = _save(STATE, tmp_path / "p4.pt", pickle_protocol=4, _use_new_zipfile_serialization=zip_format)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UnsafeCheckpointError) as info:
+            read_checkpoint(path)
+        loaded = read_checkpoint(path, trust=True)
+    assert [str(w.message) for w in caught] == []
+    assert "saved with pickle protocol 4, which PyTorch's safe loader cannot read" in str(info.value)
+    assert "Re-save it with torch.save's default protocol, or pass --trust-checkpoint" in str(info.value)
+    assert "Unsupported operand" not in str(info.value)
+    assert torch.equal(loaded["w"], STATE["w"])
+
+
+def test_other_warnings_of_torch_load_still_reach_the_caller(tmp_path: Path, monkeypatch) -> None:
+    import warnings
+
+    def load(*args: object, **kwargs: object) -> dict:
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        return dict(STATE)
+
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.warns(UserWarning, match="something else"):
+        read_checkpoint(_save(STATE, tmp_path / "z.pt"))
+
+
 # --- class counts (QA: StopIteration when a 1000-class checkpoint met --num-classes 10) ------------------
 
 def _tiny_classifier(num_classes: int) -> torch.nn.Module:

@@ -10,13 +10,15 @@ corrupt", and only a well-formed pickle that needs code execution is "unsafe" (t
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import pickletools
 import re
 import tarfile
+import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ _PICKLE_PROTO = 0x80
 _LEGACY_TEXT_MAGIC = b"L119547037146038801333356L"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_TAR_MEMBERS = frozenset({"storages", "tensors", "pickle"})
+_PROTOCOL_WARNING = re.compile(r"Detected pickle protocol (\d+) in the checkpoint")
 _OTHER_FORMATS = (
     (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
     (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip-compressed data"), (b"PK\x05\x06", "an empty zip archive"),
@@ -88,22 +91,55 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any failure of the TorchScript loader is a bad file
             raise ModelError(f"cannot load TorchScript archive {str(path)!r}: {_first_line(exc)}") from exc
+    protocol: list[int] = []
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with _protocol_warning(protocol):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refusal: pickle.UnpicklingError = exc
     except Exception as exc:  # noqa: BLE001 - zip/pickle/struct/EOF errors of a sniffed checkpoint: damage
         raise _corrupt(path, exc) from exc
     imports = _check_pickle_well_formed(path, kind)
     if not trust:
+        reason = _refusal_reason(refusal, imports, protocol)
+        advice = "Re-save it with torch.save's default protocol" if "pickle protocol" in reason else \
+            "Save a state_dict instead"
         raise UnsafeCheckpointError(
-            f"refusing to load {str(path)!r}: {_refusal_reason(refusal, imports)}. Save a state_dict instead, "
-            "or pass --trust-checkpoint if you trust whoever made the file"
+            f"refusing to load {str(path)!r}: {reason}. {advice}, or pass --trust-checkpoint if you trust whoever "
+            "made the file"
         ) from refusal
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False)
+        with _protocol_warning([]):
+            return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot read trusted checkpoint {str(path)!r}: {_first_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _protocol_warning(protocol: list[int]) -> Iterator[None]:
+    """Keep torch's "Detected pickle protocol N in the checkpoint" UserWarning off the terminal.
+
+    ``torch.load`` emits it for checkpoints saved with ``pickle_protocol`` above 2; the number it names is appended
+    to ``protocol`` so that a refusal can say why the safe loader failed (its own message only names an opcode).
+    Other warnings pass through unchanged.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
+            warnings.simplefilter("always")
+            yield
+    finally:  # outside the catching block: the other warnings are re-emitted to the caller's filters
+        _sort_warnings(caught, protocol)
+
+
+def _sort_warnings(caught: list[warnings.WarningMessage], protocol: list[int]) -> None:
+    """Record the protocol warnings of :func:`_protocol_warning` and re-emit every other warning."""
+    for warning in caught:
+        found = _PROTOCOL_WARNING.search(str(warning.message))
+        if found:
+            protocol.append(int(found.group(1)))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _check_container(path: Path) -> str:
@@ -238,11 +274,13 @@ def _corrupt(path: Path, reason: BaseException | str) -> ModelError:
     return ModelError(f"truncated or corrupt checkpoint {str(path)!r} ({detail}); save or copy it again")
 
 
-def _refusal_reason(exc: BaseException, imports: list[str]) -> str:
+def _refusal_reason(exc: BaseException, imports: list[str], protocol: Sequence[int] = ()) -> str:
     """Word why the safe loader refused a well-formed pickle, naming the code it would run when known.
 
     Torch's own message names the offending global for a ``GLOBAL`` opcode; for ``STACK_GLOBAL`` (which it
     does not support at all) the globals seen by the scan stand in, minus torch's and ``collections``' own.
+    A pickle that runs no code but was saved with a protocol the safe loader cannot parse (``protocol``, as torch
+    detected it) says so, and how to re-save it.
     """
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -253,6 +291,8 @@ def _refusal_reason(exc: BaseException, imports: list[str]) -> str:
         suspects = [name for name in dict.fromkeys(imports) if not name.startswith(("torch.", "collections."))]
     if suspects:
         return f"it contains Python objects that would run code when loaded (needs {', '.join(suspects[:3])})"
+    if protocol and max(protocol) > 2:
+        return f"it was saved with pickle protocol {max(protocol)}, which PyTorch's safe loader cannot read"
     for marker in ("Unsupported", "unsupported", "Cannot use weights_only"):
         line = next((ln.strip() for ln in text.splitlines() if marker in ln), None)
         if line:
