@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import LayerError, TargetError, UsageError
+from explain.figures import box_beyond_note, draw_unit_box
 
 if TYPE_CHECKING:
     import torch
@@ -412,15 +413,6 @@ def activation_figure(
     return fig
 
 
-def _draw_box(ax: Any, box: tuple[float, float, float, float], color: str, style: str = "-") -> None:
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = box
-    # imshow centres pixel i on i; the box is in pixel-edge coordinates
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.6,
-                           linestyle=style))
-
-
 def receptive_field_figure(
     image01: np.ndarray,
     erf: np.ndarray,
@@ -461,10 +453,12 @@ def receptive_field_figure(
     fig = Figure(figsize=(3.1 * panels + 0.6, 3.1 * height / width + 1.0), layout="constrained")
     axes = list(fig.subplots(1, panels))
     axes[0].imshow(np.clip(image01, 0.0, 1.0))
-    _draw_box(axes[0], box, "#ffd400")
+    draw_unit_box(axes[0], box, "#ffd400")
     axes[0].plot([centre[1]], [centre[0]], marker="+", color="#ffd400", markersize=9, mew=1.6)
     covers = (x0, y0, x1, y1) == (0, 0, width, height)
     title0 = "model input (the theoretical RF covers all of it)" if covers else "model input + theoretical RF (box)"
+    beyond = "" if covers else box_beyond_note(box, rf_size)
+    title0 += f"\n({beyond})" if beyond else ""
     if not stats.get("all_zero") and stats.get("std"):
         from matplotlib.patches import Ellipse
 
@@ -476,7 +470,7 @@ def receptive_field_figure(
     axes[0].set_xlim(-0.5, width - 0.5)  # marks near the border must not widen the view
     axes[0].set_ylim(height - 0.5, -0.5)
     shown = axes[1].imshow(heat, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-    _draw_box(axes[1], box, "white")  # solid, like the theoretical box of the first panel (dashed = effective RF)
+    draw_unit_box(axes[1], box, "white")  # solid, like the theoretical box of the first panel (dashed = effective RF)
     axes[1].set_title("effective RF  sum_c |d unit / d input|\n(box: theoretical RF)", fontsize=8.5)
     bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
     bar.set_label("/ its maximum", fontsize=7)

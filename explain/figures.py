@@ -62,6 +62,29 @@ def check_format(fmt: str) -> str:
     return value
 
 
+def draw_unit_box(ax: Any, box: Sequence[float], colour: str = "#ffd400", style: str = "-") -> Any:
+    """Outline a receptive field ``(x0, y0, x1, y1)`` (pixel edges, clipped to the picture) on an ``imshow`` axes.
+
+    The box is drawn over the axes frame: a side that lies on the picture's border (the visible part of a box
+    that extends beyond the picture) would otherwise hide under the frame, leaving a lone line. Returns the patch.
+    """
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box
+    # imshow centres pixel i on i: pixel-edge coordinates shift by half a pixel
+    return ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
+                                  linewidth=1.6, linestyle=style, zorder=3.0, clip_on=False))
+
+
+def box_beyond_note(box: Sequence[float], rf_size: tuple[int, int] | None) -> str:
+    """``""``, or what to say when a receptive field of ``rf_size`` ``(h, w)`` was clipped to ``box``:
+    ``"extends beyond the image, 201x224 inside"``."""
+    inside = (int(round(box[2] - box[0])), int(round(box[3] - box[1])))
+    if rf_size is None or (rf_size[1], rf_size[0]) == inside:
+        return ""
+    return f"extends beyond the image, {inside[0]}x{inside[1]} inside"
+
+
 def map_to_image(map01: np.ndarray, image_size: tuple[int, int], crop_box: Sequence[float]) -> np.ndarray:
     """Place a model-input map back onto the original photo.
 

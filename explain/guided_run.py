@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import UsageError
+from explain.figures import box_beyond_note, draw_unit_box
 from explain.manifest import Manifest, safe_stem, write_bytes, write_figure, write_npy
 from explain.run import (
     RunSettings, class_target_record, for_each_batch, image_record, predictions_of, stem_map, target_slug,
@@ -151,17 +152,9 @@ def _to_png(array01: np.ndarray, colormap: str | None = None, low: float = 0.0) 
     return buffer.getvalue()
 
 
-def _draw_box(
-    ax: Any, box: tuple[float, float, float, float] | None, color: str = "#ffd400", dashed: bool = False
-) -> None:
-    if box is None:
-        return
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = box
-    # imshow puts pixel i at [i - 0.5, i + 0.5]; the box is in pixel-edge coordinates.
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.6,
-                           linestyle="--" if dashed else "-"))
+def _draw_box(ax: Any, box: tuple[float, float, float, float] | None, dashed: bool = False) -> None:
+    if box is not None:
+        draw_unit_box(ax, box, style="--" if dashed else "-")
 
 
 def map_titles(times_input: bool) -> tuple[str, str]:
@@ -218,7 +211,10 @@ def gradient_panel(
         axes[k].set_title(f"model input (the receptive field{size}\ncovers all of it)", fontsize=9)
         box = None
     else:
-        axes[k].set_title("model input" + (" + receptive field" if box is not None else ""), fontsize=9)
+        beyond = box_beyond_note(box, rf_size) if box is not None else ""
+        size = f" {rf_size[1]}x{rf_size[0]} px" if beyond and rf_size is not None else ""
+        axes[k].set_title("model input" + (f" + receptive field{size}" if box is not None else "")
+                          + (f"\n({beyond})" if beyond else ""), fontsize=8.5 if beyond else 9)
     _draw_box(axes[k], box)
     k += 1
     if cam is not None:

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from explain.figures import format_prob
+from explain.figures import draw_unit_box, format_prob
 from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
@@ -128,14 +128,6 @@ def _colorbar(fig: FigureBase, cmap: Any, low: float, high: float, axes: Any, la
     bar.ax.tick_params(labelsize=7)
 
 
-def _draw_box(ax: Any, box: tuple[float, float, float, float], color: str = "#ffd400") -> None:
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = box
-    # imshow centres pixel i on i; the box is in pixel-edge coordinates
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.6))
-
-
 def draw_cams(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
     """Grad-CAM++ of each explained class over the full photo, titled with class, probability and score."""
     from explain.figures import check_colormap, map_to_image, overlay
@@ -203,7 +195,7 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     axes[1].imshow(image)
     axes[1].imshow(up, cmap=cmap, alpha=0.45, vmin=0.0, vmax=1.0)
     if box is not None and ch.rf_size is not None:
-        _draw_box(axes[1], box)
+        draw_unit_box(axes[1], box)
         centre_y, centre_x = ch.centre if ch.centre is not None else ((box[1] + box[3]) / 2 - 0.5,
                                                                       (box[0] + box[2]) / 2 - 0.5)
         axes[1].plot([centre_x], [centre_y], marker="+", color="#ffd400", markersize=10, mew=2)

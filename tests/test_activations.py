@@ -194,3 +194,18 @@ def test_receptive_field_figure_draws_the_theoretical_box_alike_in_both_panels()
     ellipses = [p for p in fig.axes[0].patches if isinstance(p, Ellipse)]
     assert len(ellipses) == 1 and ellipses[0].get_linestyle() == "--"
     assert "box: theoretical RF" in fig.axes[1].get_title()
+
+
+def test_receptive_field_figure_says_when_the_box_extends_beyond_the_image() -> None:
+    from matplotlib.patches import Rectangle
+
+    from explain.activations import erf_stats, receptive_field_figure
+
+    erf = np.zeros((40, 40), dtype=np.float32)
+    erf[0:5, 0:5] = 1.0
+    box = (0.0, 0.0, 12.0, 40.0)
+    fig = receptive_field_figure(np.full((40, 40, 3), 0.5, np.float32), erf, box, (2.0, 2.0), "t",
+                                 erf_stats(erf, box), rf_size=(51, 51))
+    assert "(extends beyond the image, 12x40 inside)" in fig.axes[0].get_title()
+    (patch,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    assert not patch.get_clip_on() and (patch.get_x(), patch.get_width(), patch.get_height()) == (-0.5, 12.0, 40.0)

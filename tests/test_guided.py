@@ -514,3 +514,26 @@ def test_guided_rectifiers_context_manager() -> None:
     assert guided.counts["nn.ReLU"] == 1
     (plain,) = torch.autograd.grad(model(x).sum(), x)
     assert plain.ravel().tolist() == [3.0, 1.0, -8.0]
+
+
+def test_a_receptive_field_beyond_the_image_is_drawn_as_its_visible_box() -> None:
+    """A unit's 339 px field clipped to x 0..201 of a 224 px input (``--neuron _blocks.10:5 --unit max`` on
+    chelsea) is drawn as the whole visible box, above the axes frame (its left, top and bottom sides lie on the
+    image border, where the frame hid them and left a lone vertical line), and the title says it is cut."""
+    from matplotlib.patches import Rectangle
+
+    from explain.guided_run import gradient_panel
+
+    box = (0.0, 0.0, 201.0, 224.0)
+    fig = gradient_panel(np.full((224, 224, 3), 0.5, np.float32), np.ones((3, 224, 224), np.float32), "t", "m",
+                         box=box, rf_size=(339, 339))
+    for ax in fig.axes[:2]:  # the input, then the gradient (dashed)
+        (patch,) = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert (patch.get_x(), patch.get_y(), patch.get_width(), patch.get_height()) == (-0.5, -0.5, 201.0, 224.0)
+        assert not patch.get_clip_on()
+        assert patch.get_zorder() > max(spine.get_zorder() for spine in ax.spines.values())
+    title = fig.axes[0].get_title()
+    assert "339x339" in title and "extends beyond the image, 201x224 inside" in title
+    inside = gradient_panel(np.zeros((224, 224, 3), np.float32), np.ones((3, 224, 224), np.float32), "t", "m",
+                            box=(10.0, 20.0, 30.0, 40.0), rf_size=(20, 20))
+    assert "beyond" not in inside.axes[0].get_title()
