@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FORMATS = ("png", "svg", "pdf")
+#: Font size of the panel titles of a figure row (the figure's own title is larger).
+PANEL_TITLE_SIZE = 10.0
 #: Probabilities below this are written ``<1e-4``: more digits would claim a precision softmax does not have.
 PROB_FLOOR = 1e-4
 
@@ -140,7 +142,11 @@ def heatmap_panel(
     colormap: str = "jet",
     map_label: str = "relevance (normalised)",
 ) -> Figure:
-    """Input | heat map with colour bar | overlay, in one row, under ``title``."""
+    """Input | heat map with colour bar | overlay, in one row, under ``title``.
+
+    The three panel titles share one font size (:data:`PANEL_TITLE_SIZE`); the colour bar is exactly as tall as
+    the heat map (an inset of its axes, which fit the picture).
+    """
     from matplotlib.figure import Figure
 
     width, height = image.size
@@ -148,15 +154,15 @@ def heatmap_panel(
     fig = Figure(figsize=(12.0, 4.0 * aspect + 0.9), layout="constrained")
     axes = fig.subplots(1, 3)
     axes[0].imshow(image)
-    axes[0].set_title("input")
-    cmap = check_colormap(colormap).copy()
-    cmap.set_bad("#dddddd")
+    axes[0].set_title("input", fontsize=PANEL_TITLE_SIZE)
+    cmap = check_colormap(colormap).with_extremes(bad="#dddddd")
     shown = axes[1].imshow(np.ma.masked_invalid(full_map), cmap=cmap, vmin=0.0, vmax=1.0)
-    axes[1].set_title("heat map (grey: outside the model's crop)", fontsize=9)
-    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02)
+    axes[1].set_title("heat map (grey: outside the model's crop)", fontsize=PANEL_TITLE_SIZE)
+    bar = fig.colorbar(shown, cax=axes[1].inset_axes((1.03, 0.0, 0.04, 1.0)))
     bar.set_label(map_label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
     axes[2].imshow(overlaid)
-    axes[2].set_title("overlay")
+    axes[2].set_title("overlay", fontsize=PANEL_TITLE_SIZE)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

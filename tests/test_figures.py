@@ -29,3 +29,28 @@ def test_format_prob_never_prints_zero_for_a_positive_probability() -> None:
         text = format_prob(p)
         assert text.startswith("<") or float(text) == pytest.approx(p, rel=0.06, abs=0.005)
         assert text not in ("0.00", "0")
+
+
+def test_cam_panel_colour_bar_is_as_tall_as_the_heat_map_and_titles_share_a_size() -> None:
+    """The colour bar spans exactly the heat map's height (it was taller than a landscape photo's map), and the
+    middle title is as large as 'input' and 'overlay' (it was smaller)."""
+    import numpy as np
+    from PIL import Image
+
+    from explain.figures import heatmap_panel
+
+    image = Image.new("RGB", (451, 300), (90, 120, 150))
+    heat = np.full((300, 451), np.nan, dtype=np.float32)
+    heat[38:262, 113:337] = np.linspace(0.0, 1.0, 224)[None]
+    fig = heatmap_panel(image, heat, image, "title")
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    maps = [ax for ax in panels if ax.get_images()[0].get_array().ndim == 2]
+    (heat_ax,) = maps
+    (bar,) = [ax for ax in [*fig.axes, *heat_ax.child_axes] if ax.get_ylabel() == "relevance (normalised)"]
+    box, bar_box = heat_ax.get_window_extent(), bar.get_window_extent()  # where they were drawn, in pixels
+    assert (bar_box.y0, bar_box.y1) == pytest.approx((box.y0, box.y1), abs=0.5)
+    assert bar_box.x0 > box.x1  # beside the map, not over it
+    panel_axes = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panel_axes) == 3
+    assert len({ax.title.get_fontsize() for ax in panel_axes}) == 1
