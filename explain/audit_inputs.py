@@ -45,6 +45,7 @@ import csv
 import io
 import json
 import math
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -576,6 +577,12 @@ def _key_of(file: ImageFile, root: Path) -> str:
         return file.display
 
 
+def _error_key(display: str, root: Path) -> str:
+    """The key (path relative to DATASET) of an entry that :func:`explain.images.find_images` reported while
+    walking ``root``: its display path starts with ``root`` as given (nothing for ``.``)."""
+    return posixpath.relpath(display, root.as_posix()) if display != root.as_posix() else display
+
+
 def _unmatched(kind: str, source: str, keys: Sequence[str]) -> str:
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return f"{len(keys)} {kind} row(s) of {source} name no audited image ({shown}); they are ignored"
@@ -622,9 +629,11 @@ def load_audit_inputs(
     source = label_file.source if label_file is not None else Path(str(boxes)).name
     found, find_errors = find_images([root], exclude=exclude)
     by_key = {_key_of(f, root): f for f in found}
-    errors = list(find_errors) + (list(label_file.errors) if label_file is not None else [])
+    # The walk names what it could not read by the DATASET path as given: key them like every other error.
+    unreadable = [InputError(_error_key(e.path, root), e.reason) for e in find_errors]
+    errors = unreadable + (list(label_file.errors) if label_file is not None else [])
     warnings: list[str] = []
-    for key in sorted(set(listing) - set(by_key)):
+    for key in sorted(set(listing) - set(by_key) - {e.path for e in unreadable}):
         reason = "is a folder" if (root / key).is_dir() else "no such image file in DATASET"
         errors.append(InputError(key, f"listed in {source} but {reason}"))
     keys = sorted(k for k in by_key if k in listing)

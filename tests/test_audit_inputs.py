@@ -116,6 +116,27 @@ def test_matching_reports_missing_files_unlabelled_images_and_stray_groups(tmp_p
     assert inputs.group_of("other.png") == {"colour": NO_GROUP}
 
 
+@pytest.mark.parametrize("spelling", ["relative", "dot", "absolute"])
+def test_unreadable_files_get_one_entry_under_their_key(tmp_path: Path, samples: Path, monkeypatch,
+                                                         spelling: str) -> None:
+    """Issue 15: with a relative DATASET a broken link and a FIFO were listed as ``ds/ds/p.jpg`` and again as
+    'listed in labels.csv but no such image file', though the file exists."""
+    import os
+
+    root = _dataset(tmp_path, samples)
+    (root / "p.jpg").symlink_to(root / "missing.jpg")
+    os.mkfifo(root / "f.jpg")
+    labels = write(tmp_path / "l.csv", "path,class_index\ncats/chelsea.png,1\np.jpg,2\nf.jpg,3\n")
+    monkeypatch.chdir(tmp_path if spelling == "relative" else root)
+    dataset = {"relative": Path(root.name), "dot": Path("."), "absolute": root}[spelling]
+    inputs = load_audit_inputs(dataset, labels, NAMES)
+    assert sorted((e.path, e.reason) for e in inputs.errors) == [
+        ("f.jpg", "not a regular file or folder (a named pipe)"),
+        ("p.jpg", "broken symbolic link: no such file or folder at its target"),
+    ]
+    assert inputs.keys == ["cats/chelsea.png"]
+
+
 def test_nothing_to_audit_is_a_usage_error(tmp_path: Path, samples: Path) -> None:
     root = _dataset(tmp_path, samples)
     with pytest.raises(UsageError, match="nothing to audit"):
