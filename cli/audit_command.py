@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ModelOptions, RunArgs, check_out_is_not_an_input, console, finish, handle_errors, interrupt_hint, model_command,
-    progress_bar,
+    ModelOptions, RunArgs, check_out_is_not_an_input, finish, handle_errors, interrupt_hint,
+    model_command, progress_bar, say,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +45,8 @@ AuditModelOpt = Annotated[str | None, typer.Option(
 LayerOpt = Annotated[str | None, typer.Option(
     "--layer", "-l", help="Layer Grad-CAM++ explains at. Default: the model's last convolutional block.",
     show_default=False)]
-AuditOutOpt = Annotated[Path, typer.Option(help="Output folder; re-running with the same folder resumes.")]
+AuditOutOpt = Annotated[Path, typer.Option("--out", "-o",
+                                           help="Output folder; re-running with the same folder resumes.")]
 
 
 def resume_hint(out: Path) -> str:
@@ -195,36 +196,34 @@ def _fmt(value: object, percent: bool = False) -> str:
 def _print_detection_summary(result: AuditResult) -> None:
     s = result.summary
     o = s["overall"]
-    out = console()
-    out.print(f"audited {o['objects']} objects in {o['images']} photos: recall {_fmt(o['recall'], True)}, precision "
-              f"{_fmt(o['precision'], True)}, {_fmt(o['false_positives_per_image'])} false positives per photo")
+    say(f"audited {o['objects']} objects in {o['images']} photos: recall {_fmt(o['recall'], True)}, precision "
+        f"{_fmt(o['precision'], True)}, {_fmt(o['false_positives_per_image'])} false positives per photo")
     if o["mean_energy_in_box"] is not None:
-        out.print(f"detected objects: mean IoU {_fmt(o['mean_iou'])}, energy on object {_fmt(o['mean_energy_in_box'])} "
-                  f"(box area {_fmt(o['mean_area_share'])}), in the surroundings {_fmt(o['mean_energy_around_box'])}")
+        say(f"detected objects: mean IoU {_fmt(o['mean_iou'])}, energy on object {_fmt(o['mean_energy_in_box'])} "
+            f"(box area {_fmt(o['mean_area_share'])}), in the surroundings {_fmt(o['mean_energy_around_box'])}")
     _print_gaps(result, "recall")
 
 
 def _print_summary(result: AuditResult) -> None:
     s = result.summary
-    out = console()
     o, loc, f, t, san = (s[k] for k in ("overall", "localisation", "faithfulness", "translation", "sanity"))
-    out.print(f"audited {o['n']} image{'' if o['n'] == 1 else 's'}: accuracy {_fmt(o['accuracy'], True)}, "
-              f"mean true-class prob {_fmt(o['mean_true_prob'])}")
+    say(f"audited {o['n']} image{'' if o['n'] == 1 else 's'}: accuracy {_fmt(o['accuracy'], True)}, "
+        f"mean true-class prob {_fmt(o['mean_true_prob'])}")
     if loc["images_with_box"]:
-        out.print(f"boxes: energy in box {_fmt(loc['mean_energy_in_box'])} (area {_fmt(loc['mean_box_area'])}), "
-                  f"pointing {_fmt(loc['pointing_accuracy'], True)}, right for the wrong reason "
-                  f"{loc['right_for_wrong_reason']}")
+        say(f"boxes: energy in box {_fmt(loc['mean_energy_in_box'])} (area {_fmt(loc['mean_box_area'])}), "
+            f"pointing {_fmt(loc['pointing_accuracy'], True)}, right for the wrong reason "
+            f"{loc['right_for_wrong_reason']}")
     if f["images"]:
-        out.print(f"deletion AUC {_fmt(f['mean_deletion_auc'])} vs random {_fmt(f['mean_deletion_auc_random'])} "
-                  f"(below random on {_fmt(f['share_deletion_below_random'], True)}); insertion "
-                  f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}")
+        say(f"deletion AUC {_fmt(f['mean_deletion_auc'])} vs random {_fmt(f['mean_deletion_auc_random'])} "
+            f"(below random on {_fmt(f['share_deletion_below_random'], True)}); insertion "
+            f"{_fmt(f['mean_insertion_auc'])} vs {_fmt(f['mean_insertion_auc_random'])}")
     if san["images"]:
-        out.print(f"sanity ({san['randomisation']}): Grad-CAM++ median rank correlation "
-                  f"{_fmt(san['median_rank_correlation'])} "
-                  f"over {san['images']} images (Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
+        say(f"sanity ({san['randomisation']}): Grad-CAM++ median rank correlation "
+            f"{_fmt(san['median_rank_correlation'])} "
+            f"over {san['images']} images (Grad-CAM reference {_fmt(san['gradcam_median_rank_correlation'])})")
     if t["images"]:
-        out.print(f"translation ±{t['shift']} px: top-1 kept {_fmt(t['top1_kept'], True)}, peak moves "
-                  f"{_fmt(t['mean_peak_move'])} px")
+        say(f"translation ±{t['shift']} px: top-1 kept {_fmt(t['top1_kept'], True)}, peak moves "
+            f"{_fmt(t['mean_peak_move'])} px")
     _print_gaps(result, "accuracy")
 
 
@@ -232,9 +231,8 @@ def _print_gaps(result: AuditResult, metric: str) -> None:
     """The gap in ``metric`` between the best and the worst group of every grouping, then where the dashboard is."""
     from explain.audit_summary import describe_gap
 
-    out = console()
     for column, block in result.summary["groups"].items():
         gap = block["gap"].get(metric)
         if gap:
-            out.print(f"groups by {column}: {describe_gap(metric, gap)}", markup=False)
-    out.print(f"dashboard: {result.out / 'dashboard.html'}")
+            say(f"groups by {column}: {describe_gap(metric, gap)}")
+    say(f"dashboard: {result.out / 'dashboard.html'}")

@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.models import ParameterInfo
 
 from explain.errors import ExplainError, InputError, ModelError, UsageError
 
@@ -53,7 +55,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSO
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=(
     "No progress bar, summary tables or notes; errors and warnings still go to stderr. predict keeps its tables: "
     "they are its result."))]
-OutOpt = Annotated[Path, typer.Option(help="Output folder (manifest.json lists every file).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")]
 
 
 ANY_TASK = ("classification", "detection", "segmentation")
@@ -287,9 +289,12 @@ def model_command(
         params = [p.replace(kind=_KW) for name, p in own.parameters.items() if name not in _INJECTED]
         params += [inspect.Parameter(name, _KW, annotation=annotation, default=default)
                    for name, annotation, default in shared]
+        params = [_as_read(p) for p in params]
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
+            if "out" in kwargs:
+                kwargs["out"] = output_folder(kwargs["out"])
             options = ModelOptions(kwargs.pop("model"), kwargs.pop("weights"), kwargs.pop("classes"),
                                    kwargs.pop("num_classes"), kwargs.pop("trust_checkpoint"), kwargs.pop("device"),
                                    kwargs.pop("seed"), tasks)
@@ -304,6 +309,107 @@ def model_command(
         return command  # type: ignore[return-value]
 
     return decorate
+
+
+def output_folder(value: str | None) -> Path | None:
+    """The ``--out`` folder; an empty or blank value is a usage error (as a path it would mean the current folder).
+
+    Raises:
+        UsageError: ``--out ""``.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError("--out is empty: give the output folder a name, e.g. --out results")
+    return Path(value)
+
+
+def finite_float(low: float | None, high: float | None) -> Callable[[str], float]:
+    """The parser of a float option: a finite number within ``[low, high]``, or an error that says which rule failed
+    (``nan`` is not a number to compare; Typer's own check reads "should be less than or equal to 1" for it)."""
+
+    def parse(text: str | float) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise typer.BadParameter(f"{text!r} is not a finite number")
+        if low is not None and value < low:
+            raise typer.BadParameter(f"{text} is below {low:g}: give a number from {low:g}"
+                                     + (f" to {high:g}" if high is not None else " up"))
+        if high is not None and value > high:
+            raise typer.BadParameter(f"{text} is above {high:g}: give a number "
+                                     + (f"from {low:g} to {high:g}" if low is not None else f"up to {high:g}"))
+        return value
+
+    return parse
+
+
+def _as_read(param: inspect.Parameter) -> inspect.Parameter:
+    """How Typer reads one parameter of a model command: ``--out`` as text, so that :func:`output_folder` can refuse
+    an empty one (as a path it would silently be ``.``); every float option through :func:`finite_float`."""
+    annotation = param.annotation
+    if get_origin(annotation) is not Annotated:
+        return param
+    base, *meta = get_args(annotation)
+    info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
+    if info is None:
+        return param
+    if param.name == "out":
+        info.metavar = info.metavar or "DIR"
+        default = param.default if isinstance(param.default, str | type(None)) or param.default is param.empty \
+            else str(param.default)
+        return param.replace(annotation=Annotated[(str | None, *meta)], default=default)
+    if float in (base, *get_args(base)) and info.parser is None:
+        info.parser = finite_float(info.min, info.max)
+    return param
+
+
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
+
+
+class _NamedArgument(TyperArgument):
+    """An argument shown in ``--help`` by its name alone (``IMAGES``), without Typer's ``<list[str]>``, and in the
+    usage line as ``IMAGES...`` (required) or ``[GALLERY]`` (optional) rather than ``{IMAGES}...``."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        name = self.metavar if self.required else f"[{self.metavar}]"
+        return [name + ("..." if self.nargs != 1 else "")]
+
+
+def _readable_metavars(params: list[Any], ctx: Any) -> list[Any]:
+    """Give every parameter without a metavar one that reads like a manual page: ``IMAGES``, ``--alpha NUMBER``,
+    ``--target TEXT``, nothing after a flag (Typer would show ``<list[str]>``, ``<float range>``, ``<bool>``)."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperArgument):
+            param.metavar = (param.name or "").upper()
+            param.__class__ = _NamedArgument
+        elif getattr(param, "is_flag", False):
+            param.metavar = ""
+        else:
+            shown = str(param.display_type(ctx)).strip("<>")
+            param.metavar = _TYPE_WORDS.get(shown.removeprefix("list[").removesuffix("]").removesuffix(" range"))
+    return params
+
+
+class HelpCommand(TyperCommand):
+    """A command whose ``--help`` reads cleanly (:func:`_readable_metavars`)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable_metavars(super().get_params(ctx), ctx)
+
+
+class HelpGroup(TyperGroup):
+    """The command group, with :class:`HelpCommand`'s ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable_metavars(super().get_params(ctx), ctx)
 
 
 def check_out_is_not_an_input(out: Path | None, inputs: Sequence[str | Path]) -> None:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, console, finish, handle_errors,
-    model_command, print_table,
+    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, finish,
+    handle_errors, model_command, print_table, say,
 )
 from explain.errors import UsageError
 
@@ -144,7 +144,7 @@ def index(
         idx = update.index
         labelled = sum(e.label is not None for e in idx.entries)
         classes_n = len({e.label for e in idx.entries if e.label is not None})
-        console().print(
+        say(
             f"index {out}: {len(idx)} images, {idx.dim}-d features of {idx.model['name']} at {idx.layer} · "
             f"added {len(update.added)}, changed {len(update.changed)}, removed {len(update.removed)}, "
             f"unchanged {update.unchanged}, failed {len(update.errors)}"
@@ -160,7 +160,7 @@ def neighbours(
                                             show_default=False)],
     images: Annotated[list[str] | None, typer.Argument(
         help="Query image files and/or folders.", show_default=False)] = None,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Neighbours per query.")] = 8,
+    k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Neighbours per query.")] = 8,
     metric: MetricOpt = "l2",
     backend: Annotated[str, typer.Option(help="Search backend: torch, faiss (if installed) or auto.")] = "torch",
     evaluate: Annotated[bool, typer.Option(
@@ -238,8 +238,8 @@ def _print_neighbours(manifest: Any, out: Path) -> None:
 def _print_purity(report: Any) -> None:
     from rich.table import Table
 
-    console().print(f"leave-one-out class purity ({report.metric}, {report.evaluated} labelled images"
-                    + (f", {report.unlabelled} unlabelled left out" if report.unlabelled else "") + "):")
+    say(f"leave-one-out class purity ({report.metric}, {report.evaluated} labelled images"
+        + (f", {report.unlabelled} unlabelled left out" if report.unlabelled else "") + "):")
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("k", justify="right")
     table.add_column("purity", justify="right")
@@ -322,7 +322,7 @@ def tsne(
     trust = manifest.extra["trustworthiness"]
     if not run.as_json and not run.quiet:
         value = trust["value"]
-        console().print(
+        say(
             f"{method} map of {len(idx)} images → {out}: trustworthiness@{trust['k']} = "
             + (f"{value:.4f}" if value is not None else "n/a")
             + f" · map {out / manifest.extra['outputs']['map']} · grid {out / manifest.extra['outputs']['grid']}")

@@ -14,6 +14,7 @@ from cli import gallery_command
 from cli import detect_command
 from cli import audit_command
 from cli import report_command
+from cli.common import HelpCommand, HelpGroup
 
 # Library warnings that say nothing to a user of the command line (the CLI reports what matters in one line):
 # matplotlib's missing-glyph notes for file names in scripts its font lacks, torch's deprecation notes.
@@ -27,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=HelpGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -47,22 +49,22 @@ def root(
     """See what convolutional networks see."""
 
 
-app.command("models")(model_commands.models)
-app.command("layers")(model_commands.layers)
-app.command("predict")(predict_command.predict)
-app.command("cam")(cam_command.cam)
-app.command("guided-backprop")(guided_command.guided_backprop)
-app.command("saliency")(guided_command.saliency)
-app.command("filters")(filters_command.filters)
-app.command("activations")(filters_command.activations)
-app.command("ascent")(ascent_command.ascent)
-app.command("index")(gallery_command.index)
-app.command("neighbours")(gallery_command.neighbours)
-app.command("tsne")(gallery_command.tsne)
-app.command("detect")(detect_command.detect)
-app.command("segment")(detect_command.segment)
-app.command("audit")(audit_command.audit)
-app.command("report")(report_command.report)
+app.command("models", cls=HelpCommand)(model_commands.models)
+app.command("layers", cls=HelpCommand)(model_commands.layers)
+app.command("predict", cls=HelpCommand)(predict_command.predict)
+app.command("cam", cls=HelpCommand)(cam_command.cam)
+app.command("guided-backprop", cls=HelpCommand)(guided_command.guided_backprop)
+app.command("saliency", cls=HelpCommand)(guided_command.saliency)
+app.command("filters", cls=HelpCommand)(filters_command.filters)
+app.command("activations", cls=HelpCommand)(filters_command.activations)
+app.command("ascent", cls=HelpCommand)(ascent_command.ascent)
+app.command("index", cls=HelpCommand)(gallery_command.index)
+app.command("neighbours", cls=HelpCommand)(gallery_command.neighbours)
+app.command("tsne", cls=HelpCommand)(gallery_command.tsne)
+app.command("detect", cls=HelpCommand)(detect_command.detect)
+app.command("segment", cls=HelpCommand)(detect_command.segment)
+app.command("audit", cls=HelpCommand)(audit_command.audit)
+app.command("report", cls=HelpCommand)(report_command.report)
 
 
 def main() -> None:

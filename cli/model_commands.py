@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ANY_TASK, OMIT, JsonOpt, ModelOptions, RunArgs, console, finish, handle_errors, model_command, print_table,
+    ANY_TASK, OMIT, JsonOpt, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table,
+    say,
 )
 
 if TYPE_CHECKING:
@@ -50,11 +51,12 @@ def models(
     for row in rows:
         table.add_row(row["name"], row["family"], "yes" if row["offline"] else "no", row["weights"])
     print_table(table)
-    console().print("Any model also runs with --weights none (random) or --weights FILE (your checkpoint).")
+    say("Any model also runs with --weights none (random) or --weights FILE (your checkpoint).")
 
 
 LayersOutOpt = Annotated[Path | None, typer.Option(
-    help="Also write the table as layers.csv, with manifest.json, into this folder.", show_default=False)]
+    "--out", "-o", help="Also write the table as layers.csv, with manifest.json, into this folder.",
+    show_default=False)]
 
 
 @handle_errors

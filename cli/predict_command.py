@@ -11,7 +11,8 @@ from cli.common import (
     ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
 )
 
-OptionalOutOpt = Annotated[Path | None, typer.Option(help="Folder for manifest.json (optional).", show_default=False)]
+OptionalOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Folder for manifest.json (optional).",
+                                                     show_default=False)]
 
 
 @handle_errors

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    ImagesArg, ModelOptions, RunArgs, console, handle_errors, model_command, print_table, run_image_command,
+    ImagesArg, ModelOptions, RunArgs, handle_errors, model_command, print_table, run_image_command, say,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def report(
         min=0, help="SmoothGrad noisy copies per image (0: the plain input gradient; the paper uses 50).")] = 16,
     noise: Annotated[float, typer.Option(
         min=0.0, help="SmoothGrad noise: standard deviation as a fraction of each image's input range.")] = 0.15,
-    k: Annotated[int, typer.Option("-k", "--k", min=1, help="Nearest gallery images shown with --index.")] = 6,
+    k: Annotated[int, typer.Option("--neighbours", "-k", min=1, help="Nearest gallery images shown with --index.")] = 6,
     metric: Annotated[str, typer.Option(help="Neighbour distance: l2 or cosine.")] = "l2",
     layer: Annotated[str | None, typer.Option(
         "--layer", "-l", help="Layer of the CAMs and of the most-active-channel view ('cnn-explain layers'). "
@@ -81,4 +81,4 @@ def _summary(manifest: Manifest, out: Path) -> None:
     print_table(table)
     outputs = manifest.extra.get("outputs") or {}
     if "index" in outputs:
-        console().print(f"open {out / outputs['index']}")
+        say(f"open {out / outputs['index']}")

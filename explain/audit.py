@@ -99,6 +99,13 @@ class AuditOptions:
             raise UsageError("--steps 1 only compares the untouched and the fully deleted image, which is the same for "
                              "every map; use at least 2 steps, or 0 to skip deletion and insertion")
 
+    def check_shift(self, input_size: tuple[int, int]) -> None:
+        """Raise :class:`UsageError` for a ``shift`` that moves the whole model input (``(height, width)``) away."""
+        if self.shift >= min(input_size):
+            raise UsageError(f"--shift {self.shift} is not smaller than the model input ({input_size[1]}x"
+                             f"{input_size[0]} pixels): every shifted copy would be blank; use a few pixels "
+                             "(default 8), or 0 to skip the translation test")
+
 
 @dataclass
 class AuditResult:
@@ -397,6 +404,7 @@ def run_journaled(task: AuditTask, backbone: Backbone, inputs: AuditInputs, conf
 
 def classification_task(backbone: Backbone, inputs: AuditInputs, opts: AuditOptions, device: Any) -> AuditTask:
     """The default task factory: a :class:`ClassificationTask` configured from ``opts``."""
+    opts.check_shift(backbone.input_size)
     settings = ClassificationSettings(layer=opts.layer or backbone.default_layer, steps=opts.steps, shift=opts.shift,
                                       sanity=sanity_sample(inputs.keys, opts.sanity, opts.seed), seed=opts.seed,
                                       randomisation=opts.randomisation, cascade=opts.cascade)

@@ -50,6 +50,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import stat
 import threading
 import warnings
@@ -171,6 +172,11 @@ def _is_excluded(path: Path, exclude: frozenset[_FileKey]) -> bool:
     except OSError:  # pragma: no cover - vanished between listing and stat
         return False
     return (info.st_dev, info.st_ino) in exclude
+
+
+URL_REASON = "URLs are not supported: download the file first"
+"""The error of an input that names a URL (``http://...``) rather than a local file."""
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _stat_path(path: Path) -> tuple[int | None, str]:
@@ -298,7 +304,7 @@ def find_images(
 
     Returns:
         The image files in order, and one :class:`InputError` per input that does not exist (reason
-        ``"no such file or folder"``), is a broken symbolic link or a link loop, is neither a file nor a folder, or
+        ``"no such file or folder"``; :data:`URL_REASON` for a URL), is a broken symbolic link or a link loop, is neither a file nor a folder, or
         per folder that cannot be read. An empty folder contributes nothing and no error; whether that is a problem
         is for the caller to decide.
     """
@@ -317,7 +323,9 @@ def find_images(
         path = Path(given)
         display = path.as_posix()
         mode, reason = _stat_path(path)
-        if mode is None:
+        if mode is None and _URL.match(str(given)):  # as a path, "http://host/x" would read "http:/host/x"
+            errors.append(InputError(str(given), URL_REASON))
+        elif mode is None:
             errors.append(InputError(display, reason))
         elif stat.S_ISDIR(mode):
             for item in _walk_folder(path, path, errors, skip):

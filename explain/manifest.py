@@ -103,8 +103,14 @@ def write_figure(path: Path, figure: Any, dpi: int = 150) -> Path:
     return atomic_write(path, save)
 
 
+_NO_FILES_HERE = "its file system does not let {} be created there (like /proc or /sys)"
+
+
 def _folder_error(out: Path, exc: OSError) -> UsageError:
-    return UsageError(f"cannot create output folder {out}: {os_reason(exc)}")
+    reason = os_reason(exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename and Path(exc.filename).parent.is_dir():
+        reason = _NO_FILES_HERE.format("folders")  # the parent is there: "no such file" would be false
+    return UsageError(f"cannot create output folder {out}: {reason}")
 
 
 def _check_existing(out: Path) -> bool:
@@ -126,7 +132,8 @@ def _check_existing(out: Path) -> bool:
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"cannot write to output folder {out}: {os_reason(exc)}") from None
+        reason = _NO_FILES_HERE.format("files") if isinstance(exc, FileNotFoundError) else os_reason(exc)
+        raise UsageError(f"cannot write to output folder {out}: {reason}") from None  # the folder is there
     return True
 
 

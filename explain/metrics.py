@@ -850,6 +850,9 @@ def translation_test(
         raise UsageError("inputs must be a (N, C, H, W) tensor")
     if shift < 0:
         raise UsageError(f"shift must be >= 0 pixels, got {shift}")
+    if shift >= min(inputs.shape[-2:]):
+        raise UsageError(f"shift must be smaller than the input ({inputs.shape[-1]}x{inputs.shape[-2]} pixels), "
+                         f"got {shift}")
     shifts = [(0, shift), (0, -shift), (shift, 0), (-shift, 0)]
     n = inputs.shape[0]
     with eval_mode(model), torch.no_grad():

@@ -379,7 +379,8 @@ def _gradients_html(page: ReportPage) -> Markup:
     exp = page.explanation
     info = exp.smoothgrad_info
     smooth = (f"SmoothGrad with {info['samples']} noisy copies (noise {info['noise']:g} of the input range, "
-              f"seed {info['seed']})" if info["samples"] else "the plain input gradient (--samples 0)")
+              f"--seed {page.options.seed}, from which each image's noise follows with its content)"
+              if info["samples"] else "the plain input gradient (--samples 0)")
     return _section(f"Gradients of the top class: {exp.top.name}",
                     _figure_img(_standalone(draw_gradients, page, (12.0, 3.5)),
                                 "guided backprop, guided Grad-CAM++ and SmoothGrad",

