@@ -50,6 +50,10 @@ PHOTO_SIDE = 480
 THUMB_SIDE = 120
 #: Resolution of the figures embedded in HTML pages.
 FIGURE_DPI = 100
+#: The PDF sheet's paper (A4 portrait, inches) and its print margin on every side: 12 mm, above the 10 mm that
+#: printers and journals ask for, so nothing is cut at the paper's edge.
+A4_INCHES = (8.27, 11.69)
+PDF_MARGIN = 12.0 / 25.4
 
 
 def mpl_text(value: object, width: int | None = None) -> str:
@@ -276,19 +280,27 @@ def _standalone(draw: Any, page: ReportPage, size: tuple[float, float]) -> str:
 
 
 def pdf_figure(page: ReportPage) -> Figure:
-    """One A4 page with every section of the report (vector text, raster images)."""
+    """One A4 page with every section of the report (vector text, raster images), inside :data:`PDF_MARGIN`.
+
+    The page is a sub-figure in the middle cell of a 3x3 grid whose outer rows and columns are the margins
+    (constrained layout's own ``rect`` would leave the title at the paper's edge).
+    """
     from matplotlib.figure import Figure
 
     sections: list[tuple[Any, float]] = [(_draw_header, 2.3), (draw_cams, 2.6), (draw_gradients, 2.2),
                                          (draw_channel, 2.3)]
     if page.explanation.neighbours:
         sections.append((draw_neighbours, 1.4))
-    fig = Figure(figsize=(8.27, 11.69), layout="constrained")
-    subs = fig.subfigures(len(sections), 1, height_ratios=[r for _, r in sections])
+    width, height = A4_INCHES
+    fig = Figure(figsize=A4_INCHES, layout="constrained")
+    grid = fig.add_gridspec(3, 3, width_ratios=[PDF_MARGIN, width - 2 * PDF_MARGIN, PDF_MARGIN],
+                            height_ratios=[PDF_MARGIN, height - 2 * PDF_MARGIN, PDF_MARGIN], wspace=0, hspace=0)
+    sheet = fig.add_subfigure(grid[1, 1])
+    subs = sheet.subfigures(len(sections), 1, height_ratios=[r for _, r in sections])
     for sub, (draw, _) in zip(np.atleast_1d(subs), sections):
         draw(sub, page)
-    fig.suptitle(f"{mpl_text(page.display, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.channel.layer}",
-                 fontsize=10)
+    sheet.suptitle(f"{mpl_text(page.display, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.channel.layer}",
+                   fontsize=10)
     return fig
 
 

@@ -217,3 +217,24 @@ def test_report_noise_has_the_saliency_bound() -> None:
         with pytest.raises(UsageError, match=r"--noise must be a fraction of the input range in \[0, 1\]"):
             ReportOptions(noise=bad).check()
     assert ReportOptions(noise=1.0).check().noise == 1.0
+
+
+def test_pdf_sheet_keeps_print_margins() -> None:
+    """Nothing is drawn within 10 mm of the A4 paper's edges (the sheet used to reach 1 mm from them)."""
+    import io
+
+    from PIL import Image
+
+    from explain.report_render import pdf_figure
+
+    fig = pdf_figure(_tiny_page("a_rather_long_file_name_to_widen_the_title.png"))
+    assert tuple(fig.get_size_inches()) == pytest.approx((8.27, 11.69))
+    dpi = 72
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    ink = np.asarray(Image.open(buffer).convert("L")) < 250
+    rows, cols = np.nonzero(ink)
+    height, width = ink.shape
+    mm = 25.4 / dpi
+    margins = [cols.min() * mm, (width - 1 - cols.max()) * mm, rows.min() * mm, (height - 1 - rows.max()) * mm]
+    assert min(margins) >= 10.0, margins
