@@ -319,7 +319,7 @@ def output_folder(value: str | None) -> Path | None:
     """
     if value is None:
         return None
-    if not value.strip():
+    if isinstance(value, str) and not value.strip():
         raise UsageError("--out is empty: give the output folder a name, e.g. --out results")
     return Path(value)
 
