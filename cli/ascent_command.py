@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table, progress_bar,
+    OMIT, ModelOptions, RunArgs, claim_output, finish, handle_errors, model_command, print_table, progress_bar,
     report_target_notes, say,
 )
 
@@ -93,7 +93,7 @@ def ascent(
     """Gradient ascent: images that maximise classes, channels or neurons (Fourier parameterisation by default)."""
     from explain.ascent import AscentConfig
     from explain.ascent_run import AscentOptions, resolve_ascent_options, run_ascent
-    from explain.manifest import begin_output, check_output_folder
+    from explain.manifest import begin_output
 
     config = AscentConfig(
         param=param.lower(), decorrelate=decorrelate, spectrum_power=spectrum_power, steps=steps, lr=lr, size=size,
@@ -102,7 +102,7 @@ def ascent(
         early_stop=early_stop, patience=patience, snapshots=snapshots,
     )
     config.resolved()  # bad numbers fail before the model loads
-    out = check_output_folder(run.out)
+    out = claim_output(run.out)
     backbone, _ = model_options.load()
     opts = AscentOptions(targets=list(target or []), logprob=logprob, channels=list(channel or []),
                          neurons=list(neuron or []), objectives=list(objective or []), config=config,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ModelOptions, RunArgs, check_out_is_not_an_input, finish, handle_errors, interrupt_hint,
+    ModelOptions, RunArgs, check_out_is_not_an_input, claim_output, finish, handle_errors, interrupt_hint,
     model_command, progress_bar, say,
 )
 
@@ -97,7 +97,6 @@ def audit(
     from explain.audit_inputs import load_audit_inputs
     from explain.detection.models import task_of
     from explain.errors import UsageError
-    from explain.manifest import check_output_folder
 
     wanted = _check_task(task)
     if wanted is not None:
@@ -108,7 +107,7 @@ def audit(
                             steps=steps, seed=model_options.seed, randomisation=randomisation.strip().lower(),
                             cascade=cascade, worst=worst, restart=restart)
         opts.check()
-    check_output_folder(run.out)  # before the (slow) model load
+    claim_output(run.out)  # before the (slow) model load; held until the audit ends (one run per journal)
     check_out_is_not_an_input(run.out, [dataset])
     name = model_options.model or (DETECTOR_DEFAULT if wanted == "detection" else "efficientnet_lite0")
     backbone, torch_device = dataclasses.replace(model_options, model=name).load()

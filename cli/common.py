@@ -12,7 +12,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args, get_origin
@@ -166,7 +167,7 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with _terminate_as_interrupt():
+            with _terminate_as_interrupt(), _command_scope():
                 return func(*args, **kwargs)
         except typer.Exit:
             raise
@@ -185,6 +186,38 @@ def handle_errors(func: F) -> F:
             raise fail(f"unexpected {type(exc).__name__}: {exc} (set CNN_EXPLAIN_DEBUG=1 for the traceback)") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_SCOPE: ContextVar[ExitStack | None] = ContextVar("cnn_explain_command_scope", default=None)
+"""What the running command holds until it ends (the lock of its output folder): released by :func:`handle_errors`
+however the command ends, before its error line is printed."""
+
+
+@contextmanager
+def _command_scope() -> Iterator[None]:
+    with ExitStack() as stack:
+        token = _SCOPE.set(stack)
+        try:
+            yield
+        finally:
+            _SCOPE.reset(token)
+
+
+def claim_output(out: Path) -> Path:
+    """Check the output folder before the model loads (:func:`explain.manifest.check_output_folder`) and hold it
+    (:func:`explain.manifest.output_lock`) until the command ends, so that a second run into the same folder stops at
+    once with "OUT is in use by another cnn-explain run (pid N)" instead of overwriting this one's files.
+
+    Raises:
+        RuntimeError: called outside a command wrapped by :func:`handle_errors` (a programming error).
+    """
+    from explain.manifest import check_output_folder, output_lock
+
+    check_output_folder(out)
+    scope = _SCOPE.get()
+    if scope is None:
+        raise RuntimeError("claim_output() needs a command wrapped by handle_errors")
+    return scope.enter_context(output_lock(out))
 
 
 @contextmanager
@@ -311,7 +344,7 @@ def model_command(
     return decorate
 
 
-def output_folder(value: str | None) -> Path | None:
+def output_folder(value: str | Path | None) -> Path | None:
     """The ``--out`` folder; an empty or blank value is a usage error (as a path it would mean the current folder).
 
     Raises:
@@ -501,6 +534,21 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int, quiet
         raise typer.Exit(code)
 
 
+def save_finished(manifest: Manifest, out: Path | None, total: int) -> str:
+    """After Ctrl-C: write the manifest of the finished inputs, marked incomplete (:func:`explain.run.keep_finished`),
+    and return what the "interrupted" line says was left and whether there is a manifest."""
+    from explain.run import keep_finished
+
+    finished = keep_finished(manifest, out, total)
+    if out is None:
+        return f"{finished} of {total} inputs finished; nothing was written"
+    if not finished:
+        return f"no input was finished, so {out} has no manifest.json (the files written so far are not listed)"
+    manifest.save(out)
+    return (f"{finished} of {total} inputs finished: {out / 'manifest.json'} lists them and is marked incomplete; "
+            f"the other {total - finished} are not in it")
+
+
 def run_image_command(
     images: Sequence[str],
     model_options: ModelOptions,
@@ -529,12 +577,13 @@ def run_image_command(
         targets: the ``--target`` values: a class name taken by a word or a prefix gets a note on stderr (unless
             quiet).
     """
-    from explain.manifest import begin_output, check_output_folder
-    from explain.run import RunSettings
+    from explain.manifest import begin_output
+    from explain.run import RunInterrupted, RunSettings
 
     if run.out is not None:
-        check_output_folder(run.out)  # before the (slow) model load
+        claim_output(run.out)  # before the (slow) model load
     files, find_errors = collect_images(images, run.out)
+    not_found = [{"input": e.path, "error": e.reason} for e in find_errors]
     backbone, device = model_options.load()
     if prepare is not None:
         prepare(backbone)
@@ -542,11 +591,15 @@ def run_image_command(
         report_target_notes(targets, backbone.class_names)
     if run.out is not None:
         begin_output(run.out)  # every option is checked: the previous run's manifest goes, the outputs come
-    with progress_bar(len(files), label, run.quiet) as advance:
-        settings = RunSettings(batch_size=run.batch_size, device=device, workers=run.workers,
-                               argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)
-        manifest = execute(backbone, files, settings)
-    manifest.errors[:0] = [{"input": e.path, "error": e.reason} for e in find_errors]
+    try:
+        with progress_bar(len(files), label, run.quiet) as advance:
+            settings = RunSettings(batch_size=run.batch_size, device=device, workers=run.workers,
+                                   argv=["cnn-explain", *sys.argv[1:]], on_batch=advance, input_errors=find_errors)
+            manifest = execute(backbone, files, settings)
+    except RunInterrupted as exc:
+        exc.manifest.errors[:0] = not_found
+        raise KeyboardInterrupt(save_finished(exc.manifest, run.out, len(files) + len(find_errors))) from None
+    manifest.errors[:0] = not_found
     if summarize is not None and not run.as_json and (summary_is_result or not run.quiet):
         summarize(manifest)
     finish(manifest, run.out, run.as_json, len({item["input"] for item in manifest.items}), run.quiet)

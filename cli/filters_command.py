@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.common import (
-    ANY_TASK, OMIT, ImagesArg, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table,
+    ANY_TASK, OMIT, ImagesArg, ModelOptions, RunArgs, claim_output, finish, handle_errors, model_command, print_table,
     run_image_command,
 )
 
@@ -50,11 +50,11 @@ def filters(
     """Filter grids of a convolution (the first one by default): first-layer filters as colour images, deeper ones as
     kernels, weight matrices or kernel-norm matrices. Weights, drawn values and figures are written to --out."""
     from explain.filters_run import FilterOptions, build_filter_grids, run_filters
-    from explain.manifest import begin_output, check_output_folder
+    from explain.manifest import begin_output
 
     opts = FilterOptions(layers=list(layer or []), view=view.lower(), norm=norm.lower(), sort=sort.lower(),
                          channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower())
-    out = check_output_folder(run.out)  # before the model load
+    out = claim_output(run.out)  # before the model load
     backbone, _ = model_options.load()
     build_filter_grids(backbone, opts)  # every option checked before anything is written
     begin_output(out)

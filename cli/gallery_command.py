@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, collect_images, finish,
+    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, claim_output, collect_images, finish,
     handle_errors, model_command, print_table, say,
 )
 from explain.errors import UsageError
@@ -130,9 +130,8 @@ def index(
 ) -> None:
     """Embed a folder of images into a reusable feature index; re-running embeds only new or changed files."""
     from explain.gallery_run import run_index
-    from explain.manifest import check_output_folder
 
-    check_output_folder(out)  # before the model loads; the library starts the output once its checks pass
+    claim_output(out)  # before the model loads; the library starts the output once its checks pass
     check_out_is_not_an_input(out, [gallery])
     options, layer = _with_stored(model_options, layer, (None, None, None) if rebuild else _stored_model(out))
     backbone, dev = options.load()
@@ -175,7 +174,7 @@ def neighbours(
     """Nearest gallery images of each query in feature space (exact search), with a figure per query."""
     from explain.gallery import METRICS, evaluate_purity, load_index
     from explain.gallery_run import NeighbourOptions, run_neighbours
-    from explain.manifest import Manifest, begin_output, check_output_folder
+    from explain.manifest import Manifest, begin_output
 
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose l2 or cosine")
@@ -187,9 +186,8 @@ def neighbours(
     opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower())
     check_search_args(k, metric, backend)
     check_format(opts.fmt)
+    out = claim_output(run.out)
     idx = load_index(index_dir)
-    out = run.out
-    check_output_folder(out)
     files, find_errors = collect_images(images, out) if images else ([], [])
     with stage_progress(run.quiet) as progress:
         if files:
@@ -284,7 +282,7 @@ def tsne(
     from explain.figures import check_format
     from explain.gallery import load_index
     from explain.gallery_run import MapOptions, run_tsne
-    from explain.manifest import begin_output, check_output_folder
+    from explain.manifest import begin_output
 
     if gallery is None and index_dir is None:
         raise UsageError("give a GALLERY folder or --index DIR (see --help)")
@@ -295,8 +293,7 @@ def tsne(
     if method == "tsne":
         pick_backend(tsne_backend)
     check_format(fmt)
-    out = run.out
-    check_output_folder(out)
+    out = claim_output(run.out)
     check_out_is_not_an_input(out, [gallery] if gallery is not None else [])
     opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,

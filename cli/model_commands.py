@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import (
-    ANY_TASK, OMIT, JsonOpt, ModelOptions, RunArgs, finish, handle_errors, model_command, print_table,
+    ANY_TASK, OMIT, JsonOpt, ModelOptions, RunArgs, claim_output, finish, handle_errors, model_command, print_table,
     say,
 )
 
@@ -71,9 +71,9 @@ def layers(
 ) -> None:
     """Layer table: name, type, output shape, kernel/stride/padding, receptive field and jump, parameters."""
     from explain.layers import layer_table, layers_manifest, write_layers
-    from explain.manifest import begin_output, check_output_folder
+    from explain.manifest import begin_output
 
-    out = check_output_folder(run.out) if run.out is not None else None  # before the model load
+    out = claim_output(run.out) if run.out is not None else None  # before the model load
     backbone, device = model_options.load(meta=True)
     hw = (size, size) if size else backbone.input_size
     table_rows = layer_table(backbone.model, hw, device=device)

@@ -25,12 +25,18 @@ import platform
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from explain.errors import UsageError, os_reason
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, so output folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -207,6 +213,82 @@ def begin_output(out: str | Path) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot remove the previous run's {manifest}: {os_reason(exc)}") from None
     return out
+
+
+LOCK_NAME = ".cnn-explain.lock"
+
+
+class OutputInUseError(UsageError):
+    """Another cnn-explain run holds the lock of the output folder."""
+
+
+def _open_lock(path: Path) -> int:
+    """Open ``path`` and take its exclusive lock without waiting: the file descriptor, or OutputInUseError naming
+    the holder's pid. A lock file that was removed (by its releasing holder) while it was being opened is opened
+    again, so two runs can never hold locks on two different files of one name."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputInUseError(f"{path.parent} is in use by another cnn-explain run (pid {holder})") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the output folder ``out`` for one run: two runs writing into one folder would overwrite each other's
+    files and manifest (and journal) silently.
+
+    The lock is an ``fcntl.flock`` on the hidden file :data:`LOCK_NAME` inside ``out``, holding the pid of its
+    holder; it is released, and the file removed, when the block ends however it ends (and by the system if the
+    process dies). Folders created only to hold the lock are removed again if the run left them empty (a usage
+    error found later leaves no trace). Without ``fcntl`` (Windows) nothing is locked.
+
+    Raises:
+        OutputInUseError: ``"OUT is in use by another cnn-explain run (pid N)"``.
+        UsageError: the folder cannot be created.
+    """
+    out = Path(out)
+    if fcntl is None:  # pragma: no cover - Windows
+        yield out
+        return
+    created = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _folder_error(out, exc) from None
+    path = out / LOCK_NAME
+    try:
+        fd = _open_lock(path)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield out
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a run waiting on this file opens the next one
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 TOOL_NAME = "cnn-explain"

@@ -106,7 +106,7 @@ def predict(
 
     from explain.hooks import eval_mode
     from explain.manifest import Manifest
-    from explain.run import RunSettings, for_each_batch
+    from explain.run import RunInterrupted, RunSettings, for_each_batch
 
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {top_k})")
@@ -128,5 +128,9 @@ def predict(
             predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
         return []
 
-    errors = for_each_batch(backbone, files, run, settings, handle).errors
+    try:
+        errors = for_each_batch(backbone, files, run, settings, handle).errors
+    except RunInterrupted as exc:  # the predictions made so far, as a predict manifest
+        done = PredictResult(predictions, [InputError(e["input"], e["error"]) for e in run.errors])
+        raise RunInterrupted(done.to_manifest(backbone, settings.argv, top_k)) from exc
     return PredictResult(predictions, [InputError(e["input"], e["error"]) for e in errors])

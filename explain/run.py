@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from explain.manifest import safe_stem
@@ -77,6 +78,42 @@ def stem_map(files: Sequence[ImageFile]) -> dict[str, str]:
     return dict(zip(displays, output_stems(displays)))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run; ``manifest`` holds the items of the inputs finished until then (their files
+    are written), so that the caller can keep them."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__()
+        self.manifest = manifest
+
+
+@contextmanager
+def keep_finished_on_interrupt(manifest: Manifest) -> Iterator[Manifest]:
+    """Turn an interrupt of the block into :class:`RunInterrupted` carrying ``manifest`` (the finished items)."""
+    try:
+        yield manifest
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        raise RunInterrupted(manifest) from exc
+
+
+def keep_finished(manifest: Manifest, out: str | Path | None, total: int) -> int:
+    """Make an interrupted run's ``manifest`` say what it is: only items whose output files all exist are kept (an
+    image that was being written, a PDF that was never closed), and ``incomplete`` records how many of the
+    ``total`` inputs were finished, with a warning. Returns that number (inputs with at least one item)."""
+    if out is not None:
+        root = Path(out)
+        manifest.items[:] = [item for item in manifest.items
+                             if all((root / path).is_file() for path in item.get("outputs", {}).values()
+                                    if isinstance(path, str))]
+    finished = len({item["input"] for item in manifest.items})
+    manifest.extra["incomplete"] = {"reason": "interrupted", "finished_inputs": finished, "inputs": total}
+    manifest.warnings.append(f"interrupted: {finished} of {total} inputs were finished; this manifest lists only "
+                             "those")
+    return finished
+
+
 def for_each_batch(
     backbone: Backbone,
     files: Sequence[ImageFile],
@@ -95,17 +132,22 @@ def for_each_batch(
 
     Returns:
         ``manifest``, filled.
+
+    Raises:
+        RunInterrupted: Ctrl-C; its manifest holds the items of the batches that were finished.
     """
     from explain.data import iter_batches
 
     backbone.model.to(settings.device)
-    for batch in iter_batches(files, backbone.preprocess, batch_size=settings.batch_size, workers=settings.workers):
-        for err in batch.errors:
-            manifest.add_error(err.path, err.reason)
-        if batch.tensor is not None:
-            manifest.items.extend(handle(batch))
-        if settings.on_batch is not None:
-            settings.on_batch(batch.size)
+    batches = iter_batches(files, backbone.preprocess, batch_size=settings.batch_size, workers=settings.workers)
+    with keep_finished_on_interrupt(manifest):
+        for batch in batches:
+            for err in batch.errors:
+                manifest.add_error(err.path, err.reason)
+            if batch.tensor is not None:
+                manifest.items.extend(handle(batch))
+            if settings.on_batch is not None:
+                settings.on_batch(batch.size)
     return manifest
 
 

@@ -132,3 +132,117 @@ def test_a_run_over_a_jpg_a_png_and_a_2_jpg_writes_three_folders(tmp_path: Path,
     files = [set(item["outputs"].values()) for item in items]
     assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])  # no two inputs share a file
     assert {p.name for p in out.iterdir() if p.is_dir()} == folders
+
+
+# --- 5. one run per output folder ---------------------------------------------------------------------------------
+def test_output_lock_holds_the_pid_and_leaves_no_trace(tmp_path: Path) -> None:
+    import os
+
+    from explain.manifest import LOCK_NAME, OutputInUseError, output_lock
+
+    out = tmp_path / "new" / "out"
+    with output_lock(out):
+        assert (out / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(OutputInUseError) as caught, output_lock(out):
+            pass  # pragma: no cover - never entered
+        assert str(caught.value) == f"{out} is in use by another cnn-explain run (pid {os.getpid()})"
+    assert not (tmp_path / "new").exists()  # the folders made for the lock went with it
+    (tmp_path / "kept").mkdir()
+    with output_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "result.txt").write_text("x")
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["result.txt"]
+    with output_lock(tmp_path / "kept"):  # released: the next run takes it
+        pass
+
+
+@pytest.mark.parametrize("command", [
+    ["cam", "IMG"], ["predict", "IMG"], ["layers"], ["filters"], ["ascent", "-t", "1"], ["index", "DIR"],
+    ["neighbours", "IMG", "--index", "INDEX"], ["tsne", "DIR"], ["audit", "DIR", "--labels", "LABELS"],
+])
+def test_a_second_run_into_a_held_out_folder_stops_in_one_line(
+    command: list[str], tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concurrent ``index`` runs into one --out both exited 0 and one index was lost; now the second stops
+    before the model loads, naming the holder's pid, and leaves the first run's files alone."""
+    import os
+    import subprocess
+    import sys
+
+    loads: list[str] = []
+    monkeypatch.setattr(ModelOptions, "load", lambda self, meta=False: loads.append(self.model))
+    photo = small_photo(tmp_path / "photos" / "cat.png", samples)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,class_index\ncat.png,282\n")
+    index = tmp_path / "index"
+    index.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "first-run.npy").write_bytes(b"first")
+    holder = subprocess.Popen(  # another cnn-explain run, in another process, holding the folder
+        [sys.executable, "-c", "import sys; from explain.manifest import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline() == "held\n"
+        given = {"IMG": str(photo), "DIR": str(photo.parent), "LABELS": str(labels), "INDEX": str(index)}
+        result = run(*[given.get(a, a) for a in command], "--out", str(out), "--quiet")
+    finally:
+        holder.communicate("")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {out} is in use by another cnn-explain run (pid {holder.pid})\n"
+    assert loads == [] and sorted(p.name for p in out.iterdir()) == ["first-run.npy"]
+    assert os.getpid() != holder.pid
+
+
+# --- 4. an interrupted run keeps what it finished -----------------------------------------------------------------
+@pytest.mark.parametrize("finished", [2, 0])
+def test_ctrl_c_in_saliency_writes_a_manifest_of_the_finished_images_and_says_so(
+    finished: int, tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in ``saliency`` left result folders, no manifest and only "error: interrupted"."""
+    import explain.saliency
+
+    photos = tmp_path / "photos"
+    for i, name in enumerate(("chelsea.png", "coffee.png", "camera.png", "astronaut.png")):
+        small_photo(photos / f"p{i}.png", samples, name)
+    real, calls = explain.saliency.saliency, []
+
+    def interrupted_after(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > finished:
+            raise KeyboardInterrupt  # Ctrl-C while the next image is computed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain.saliency, "saliency", interrupted_after)
+    out = tmp_path / "out"
+    result = run("saliency", str(photos), str(tmp_path / "missing.png"), "--out", str(out), "--batch-size", "1",
+                 "--quiet")
+    assert result.exit_code == 130
+    if not finished:
+        assert result.stderr == (f"error: interrupted: no input was finished, so {out} has no manifest.json (the "
+                                 "files written so far are not listed)\n")
+        assert not (out / MANIFEST_NAME).exists()
+        return
+    assert result.stderr == (f"error: interrupted: 2 of 5 inputs finished: {out / MANIFEST_NAME} lists them and is "
+                             "marked incomplete; the other 3 are not in it\n")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert sorted({item["input"] for item in manifest["items"]}) == [f"{photos.as_posix()}/p{i}.png" for i in (0, 1)]
+    assert manifest["incomplete"] == {"reason": "interrupted", "finished_inputs": 2, "inputs": 5}
+    assert manifest["warnings"] == ["interrupted: 2 of 5 inputs were finished; this manifest lists only those"]
+    assert manifest["errors"] == [{"input": (tmp_path / "missing.png").as_posix(), "error": "no such file or folder"}]
+    assert all((out / path).is_file() for item in manifest["items"] for path in item["outputs"].values())
+    assert holds_run_manifest(out)  # a later walk of a folder holding it skips it
+
+
+def test_an_item_whose_files_were_not_all_written_is_left_out(tmp_path: Path) -> None:
+    from explain.run import keep_finished
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "map.npy").write_bytes(b"x")
+    manifest = Manifest(command="cam", items=[
+        {"input": "a.png", "outputs": {"map": "a/map.npy"}},
+        {"input": "b.png", "outputs": {"map": "b/map.npy"}},  # interrupted while its file was written
+        {"input": "c.png", "outputs": {"pdf": "report.pdf", "pdf_page": 1}},  # a PDF that was never closed
+    ])
+    assert keep_finished(manifest, tmp_path, 4) == 1
+    assert [item["input"] for item in manifest.items] == ["a.png"]
