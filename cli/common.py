@@ -656,9 +656,58 @@ def progress_bar(total: int, description: str, quiet: bool) -> Iterator[Callable
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    with Progress(*progress_columns(), console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        yield functools.partial(advance_with_eta, progress, task)
+
+
+def progress_columns(label: str = "{task.description}") -> tuple[Any, ...]:
+    """The columns of every progress bar: the label (``label``, a format of the task, printed without markup), the
+    bar, ``done/total`` and the time left (:func:`eta_column`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    return TextColumn(label, markup=False), BarColumn(), MofNCompleteColumn(), eta_column()()
+
+
+def advance_with_eta(progress: Any, task: Any, n: int) -> None:
+    """Advance ``task`` of ``progress`` by ``n``; the first advance is remembered (``first``: elapsed seconds and
+    work done then) so that :func:`eta_column` can leave out what was done at once, such as a resumed audit's
+    finished images."""
+    progress.advance(task, n)
+    state = next(t for t in progress.tasks if t.id == task)
+    if "first" not in state.fields:
+        progress.update(task, first=(state.elapsed or 0.0, state.completed))
+
+
+@functools.cache
+def eta_column() -> type:
+    """The class of the "time left" column (made on first use: Rich is imported only when a bar is shown).
+
+    Rich's own column measures the pace over the last 30 seconds and needs two updates inside that window, so work
+    whose steps take longer (an audit batch, a report batch, on a CPU) never shows an estimate. This one keeps the
+    whole run: the pace since the first update (what was done before it, e.g. resumed work, is not counted), or,
+    until a second update, the pace since the start.
+    """
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        """``eta H:MM:SS`` at the pace of the run so far; ``eta -:--:--`` until something is done."""
+
+        def render(self, task: Any) -> Text:
+            if task.total is None or task.finished:
+                return Text("")
+            elapsed, done = task.elapsed or 0.0, task.completed
+            first_time, first_done = task.fields.get("first", (0.0, 0.0))
+            if done > first_done and elapsed > first_time:
+                rate = (done - first_done) / (elapsed - first_time)
+            else:
+                rate = done / elapsed if elapsed > 0 else 0.0
+            if rate <= 0:
+                return Text("eta -:--:--", style="progress.remaining")
+            minutes, seconds = divmod(round((task.total - done) / rate), 60)
+            return Text(f"eta {minutes // 60}:{minutes % 60:02d}:{seconds:02d}", style="progress.remaining")
+
+    return EtaColumn

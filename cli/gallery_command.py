@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cli.common import (
-    OMIT, ModelOptions, RunArgs, WorkersOpt, check_out_is_not_an_input, claim_output, collect_images, finish,
-    handle_errors, model_command, print_table, say,
+    OMIT, ModelOptions, RunArgs, WorkersOpt, advance_with_eta, check_out_is_not_an_input, claim_output, collect_images,
+    finish, handle_errors, model_command, print_table, progress_columns, say,
 )
 from explain.errors import UsageError
 
@@ -56,15 +56,15 @@ def stage_progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | No
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
-    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     tasks: dict[str, Any] = {}
+    columns = progress_columns("{task.description:<11}")
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         def advance(stage: str, n: int, total: int) -> None:
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total)
-            progress.advance(tasks[stage], n)
+            advance_with_eta(progress, tasks[stage], n)
 
         yield advance
 

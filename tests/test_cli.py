@@ -423,3 +423,30 @@ def test_url_inputs_are_refused_by_name(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["errors"] == [{"input": "http://example.com/cat.jpg",
                                    "error": "URLs are not supported: download the file first"}]
+
+
+def test_progress_bars_show_a_time_left_even_when_steps_are_slow() -> None:
+    """Every bar ends with an ETA column that keeps the whole run: Rich's own needs two updates within 30 s, so an
+    audit or report batch that takes longer showed "-:--:--" for ever."""
+    from rich.progress import Progress, TimeRemainingColumn
+
+    from cli.common import advance_with_eta, eta_column, progress_columns
+
+    columns = progress_columns()
+    assert isinstance(columns[-1], eta_column()) and not any(isinstance(c, TimeRemainingColumn) for c in columns)
+    clock = [0.0]
+    progress = Progress(*columns, get_time=lambda: clock[0], auto_refresh=False, disable=True)
+    task = progress.add_task("audit", total=5)
+    shown = lambda: str(columns[-1].render(progress.tasks[0]))  # noqa: E731
+    assert shown() == "eta -:--:--"
+    clock[0] = 40.0  # one batch of 40 s
+    advance_with_eta(progress, task, 1)
+    assert shown() == "eta 0:02:40" and str(TimeRemainingColumn().render(progress.tasks[0])) == "-:--:--"
+    clock[0] = 100.0  # the second took 60 s: the pace since the first update
+    advance_with_eta(progress, task, 1)
+    assert shown() == "eta 0:03:00"
+    resumed = progress.add_task("audit", total=10)  # 8 finished before, reported at once
+    advance_with_eta(progress, resumed, 8)
+    clock[0] = 130.0
+    advance_with_eta(progress, resumed, 1)
+    assert str(columns[-1].render(progress.tasks[1])) == "eta 0:00:30"
