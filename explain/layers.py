@@ -94,7 +94,8 @@ if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.manifest import Manifest
 
-__all__ = ["LAYERS_CSV", "LayerInfo", "layer_table", "layers_manifest", "receptive_field", "write_layers"]
+__all__ = ["LAYERS_CSV", "LayerInfo", "layer_table", "layers_manifest", "missing_receptive_fields_note",
+           "part_view_layer", "receptive_field", "write_layers"]
 
 LAYERS_CSV = "layers.csv"
 """The layer table as CSV in a ``layers --out`` folder."""
@@ -250,17 +251,35 @@ def layer_table(
     return [_info(name, module, runs[name]) for module, name in names.items()]
 
 
+def missing_receptive_fields_note(rows: Sequence[LayerInfo], task: str = "classification") -> str | None:
+    """Why no row has a receptive field although layers have spatial outputs (``None`` when some row has one).
+
+    A torchvision detector is the common case: its transform resizes the photo and copies it into a padded batch
+    (an in-place write into another tensor), so the tracer loses the input there and no later layer gets a box.
+    """
+    spatial = any(row.output_shape is not None and len(row.output_shape) >= 3 for row in rows)
+    if not spatial or any(row.receptive_field is not None for row in rows):
+        return None
+    why = ("the detector's transform resizes the photo and copies it into a padded batch, and receptive fields "
+           "are not followed through that copy" if task == "detection" else
+           "the input reaches them only through operations whose geometry is not followed (such as a copy into "
+           "another tensor)")
+    return f"no layer has a receptive field, so the RF and jump columns are empty: {why}"
+
+
 def layers_manifest(
     backbone: Backbone, rows: Sequence[LayerInfo], input_size: tuple[int, int], argv: Sequence[str] = ()
 ) -> Manifest:
     """The manifest of a ``layers`` run: one item per row of the table (:meth:`LayerInfo.as_dict`), with the input
-    size and the backbone's default CAM and feature layers at run level."""
+    size and the backbone's default CAM and feature layers at run level, and a warning when no layer has a receptive
+    field (:func:`missing_receptive_fields_note`)."""
     from explain.manifest import Manifest
 
     extra = {"input_size": list(input_size), "default_layer": backbone.default_layer,
              "feature_layer": backbone.feature_layer}
+    note = missing_receptive_fields_note(rows, str(backbone.extra.get("task", "classification")))
     return Manifest(command="layers", argv=list(argv), model=backbone.manifest_record(),
-                    items=[row.as_dict() for row in rows], extra=extra)
+                    items=[row.as_dict() for row in rows], extra=extra, warnings=[note] if note else [])
 
 
 def write_layers(manifest: Manifest, out: Path) -> None:
@@ -297,6 +316,26 @@ def receptive_field(
         if row.name == layer:
             return row
     raise LayerError(f"layer {layer!r} is not listed in the layer table")  # pragma: no cover - resolve_layer checked
+
+
+def part_view_layer(rows: Sequence[LayerInfo], input_size: tuple[int, int], fraction: float = 0.5) -> str | None:
+    """The deepest layer of a :func:`layer_table` whose units each see only a part of the input, or ``None``.
+
+    Candidates ran once, have a spatial grid, and a receptive field at most ``fraction`` of the input's shorter
+    side in both directions; blocks (modules with sub-modules, such as ``_blocks.5`` or ``layer1``) are preferred
+    to single operations, whose output may be clamped (ReLU6) or not yet normalised. Among the candidates the
+    one with the largest receptive field wins (the later one on ties): the most abstract units whose receptive
+    field still picks out a region.
+    """
+    limit = fraction * min(input_size)
+    fits = [r for r in rows if r.executions == 1 and r.grid is not None and r.receptive_field is not None
+            and max(r.receptive_field) <= limit]
+    parents = {r.name.rpartition(".")[0] for r in rows}
+    blocks = [r for r in fits if r.name in parents]
+    chosen = blocks or fits
+    if not chosen:
+        return None
+    return max(enumerate(chosen), key=lambda item: (max(item[1].receptive_field or (0,)), item[0]))[1].name
 
 
 # --------------------------------------------------------------------------------------------------------------------

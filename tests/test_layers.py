@@ -499,3 +499,32 @@ def test_errors() -> None:
         rows["fc"].unit_box(0, 0)
     with pytest.raises(TargetError, match="outside"):
         rows["conv3"].unit_box(4, 0)
+
+
+def test_layers_on_a_detector_says_why_the_receptive_field_columns_are_empty() -> None:
+    """Issue 15: ``layers`` on a detector showed empty RF and jump columns without a word."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["layers", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert all(item["receptive_field"] is None for item in manifest["items"])
+    note = ("no layer has a receptive field, so the RF and jump columns are empty: the detector's transform resizes "
+            "the photo and copies it into a padded batch, and receptive fields are not followed through that copy")
+    assert manifest["warnings"] == [note] and result.stderr == f"warning: {note}\n"
+    result = runner.invoke(app, ["layers", "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--json"])
+    assert result.exit_code == 0 and "warnings" not in json.loads(result.stdout) and result.stderr == ""
+
+
+def test_the_note_needs_spatial_layers_without_any_receptive_field() -> None:
+    from explain.layers import missing_receptive_fields_note
+
+    rows = layer_table(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), (8, 8))
+    assert missing_receptive_fields_note(rows) is None
+    copied = [r.__class__(**{**r.__dict__, "receptive_field": None}) for r in rows]
+    assert missing_receptive_fields_note(copied).startswith("no layer has a receptive field")
+    assert missing_receptive_fields_note([r for r in copied if r.name == "1"]) is None  # nothing spatial
