@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TOP", "SCALES", "Erf", "FeatureMaps", "activation_figure", "effective_receptive_field", "erf_stats",
     "feature_maps", "layer_output_shapes", "parse_unit", "receptive_field_figure", "scale_maps", "select_channels",
-    "shapes_from_table", "top_channels",
+    "shapes_from_table", "strongest_unit", "top_channels", "PeakUnit",
 ]
 
 SCALES = ("shared", "tile")
@@ -214,6 +214,51 @@ def top_channels(maps: np.ndarray, k: int) -> list[int]:
     means = channel_means(maps)
     order = np.argsort(-means, kind="stable")
     return [int(c) for c in order[:k]]
+
+
+@dataclass(frozen=True)
+class PeakUnit:
+    """The unit :func:`strongest_unit` picked in one image's ``(C, H, W)`` layer output.
+
+    Attributes:
+        channel: its channel.
+        unit: its ``(y, x)`` in the channel's map.
+        value: its activation.
+        saturated: channels whose peak value is repeated in the layer (a clamp such as ReLU6's 6 reached by many
+            units); they are passed over unless every channel is saturated.
+        ties: units of ``channel`` that share ``value`` (1 unless every channel was saturated).
+    """
+
+    channel: int
+    unit: tuple[int, int]
+    value: float
+    saturated: int
+    ties: int
+
+
+def strongest_unit(maps: np.ndarray) -> PeakUnit:
+    """The unit with the largest activation of a ``(C, H, W)`` layer output whose value is not saturated.
+
+    A channel's peak counts as saturated when the same value occurs at another unit of the layer, in any channel:
+    that is a clamp (ReLU6 at 6, a hard sigmoid at 1), and "the peak" would be an arbitrary first one among many.
+    The strongest unit among the other channels' peaks is taken (ties: the lower channel). If every channel is
+    saturated, the channel with the largest mean (:func:`top_channels`) is taken with its first peak unit in
+    row-major order, and :attr:`PeakUnit.ties` says how many units share that value.
+    """
+    arr = np.asarray(maps, dtype=np.float32)
+    flat = arr.reshape(arr.shape[0], -1)
+    peaks = flat.max(axis=1)
+    values, counts = np.unique(flat, return_counts=True)
+    repeated = counts[np.searchsorted(values, peaks)] > 1
+    if repeated.all():
+        channel = top_channels(arr, 1)[0]
+    else:
+        channel = int(np.argmax(np.where(repeated, -np.inf, peaks)))
+    index = int(np.argmax(flat[channel]))
+    unit = (index // arr.shape[2], index % arr.shape[2])
+    return PeakUnit(channel=channel, unit=unit, value=float(peaks[channel]),
+                    saturated=int(repeated.sum()),
+                    ties=int((flat[channel] == peaks[channel]).sum()))
 
 
 def select_channels(

@@ -12,8 +12,10 @@ re-derived here):
 * SmoothGrad of the top class (:func:`explain.saliency.saliency`; Smilkov et al. 2017,
   https://arxiv.org/abs/1706.03825), with the same per-image noise seed as ``cnn-explain saliency --seed``, so
   the report's map is exactly the one that command draws for the same image;
-* the most active channel of the default layer (largest mean activation, :func:`explain.activations.top_channels`),
-  its activation map, its most active unit and that unit's theoretical receptive field
+* the strongest unit of a layer whose units see part of the image (by default the deepest block whose receptive
+  field is at most half the input, :func:`explain.layers.part_view_layer`; ``--layer`` otherwise): the largest
+  activation whose value is not saturated (:func:`explain.activations.strongest_unit`: a value repeated in the
+  layer, such as ReLU6's 6, is a clamp, not a peak), its channel's map and that unit's theoretical receptive field
   (:meth:`explain.layers.LayerInfo.unit_box`);
 * with a gallery :class:`~explain.gallery.FeatureIndex`, the nearest gallery images in the index's feature space
   (:func:`explain.gallery.pool_features` and :func:`explain.gallery.search`).
@@ -89,8 +91,8 @@ class ReportOptions:
         fmt: ``html`` (a page per image and an index page) or ``pdf`` (one multi-page figure sheet).
         colormap: colour map of the CAMs.
         alpha: heat opacity of the CAM overlays.
-        layer: the layer of the CAMs and of the most-active-channel view (``None``: the backbone's default layer).
-            A mid layer gives channel views with a receptive field smaller than the image.
+        layer: the layer of the CAMs and of the strongest-unit view (``None``: the backbone's default layer for the
+            CAMs, and for the unit view the deepest block whose units see at most half the input).
     """
 
     top: int = 5
@@ -164,16 +166,19 @@ class ClassMap:
 
 @dataclass
 class ChannelView:
-    """The most active channel of a layer for one image, and the receptive field of its most active unit.
+    """The strongest unit of a layer for one image (:func:`explain.activations.strongest_unit`), its channel's map
+    and the unit's receptive field.
 
     Attributes:
         layer: dotted layer name.
-        channel: channel index (largest mean activation; ties to the lower index).
+        channel: the unit's channel.
         channels: how many channels the layer has.
         mean: the channel's mean activation.
         activation: float32 ``(h, w)`` the channel's map.
-        unit: ``(y, x)`` of its largest activation (first in row-major order on ties).
-        value: that activation.
+        unit: ``(y, x)`` of the unit.
+        value: its activation.
+        saturated: channels passed over because their peak value is repeated in the layer (saturated).
+        ties: units of the channel sharing ``value`` (1 unless every channel is saturated; then the first is shown).
         box: the unit's theoretical receptive field ``(x0, y0, x1, y1)`` in model-input pixels, clipped to the input
             (pixel edges), or ``None`` when the layer table has no receptive field for the layer.
         rf_size: the unclipped receptive field ``(h, w)`` in pixels, or ``None``.
@@ -191,10 +196,13 @@ class ChannelView:
     box: tuple[float, float, float, float] | None = None
     rf_size: tuple[int, int] | None = None
     centre: tuple[float, float] | None = None
+    saturated: int = 0
+    ties: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layer": self.layer, "channel": self.channel, "channels": self.channels,
-                               "mean": round(self.mean, 6), "unit": list(self.unit), "value": round(self.value, 6)}
+                               "mean": round(self.mean, 6), "unit": list(self.unit), "value": round(self.value, 6),
+                               "saturated_channels": self.saturated, "tied_units": self.ties}
         if self.box is not None and self.rf_size is not None:
             out["receptive_field"] = {"box": [round(v, 3) for v in self.box], "size": list(self.rf_size)}
             if self.centre is not None:
@@ -238,8 +246,9 @@ class ImageExplanation:
         guided_cam: float32 ``(3, H, W)`` guided Grad-CAM++ of the top class (``guided`` times its CAM).
         smoothgrad: float32 ``(3, H, W)`` SmoothGrad (or the plain gradient when ``samples`` is 0) of the top class.
         smoothgrad_info: samples, noise, sigma and seed of the SmoothGrad map.
-        channel: the most active channel of the default layer.
+        channel: the strongest unit of the unit-view layer.
         neighbours: nearest gallery images, or ``None`` without an index.
+        cam_layer: the layer of the CAMs.
     """
 
     predictions: list[ClassScore]
@@ -250,6 +259,7 @@ class ImageExplanation:
     smoothgrad_info: dict[str, Any]
     channel: ChannelView
     neighbours: list[Neighbour] | None = None
+    cam_layer: str = ""
 
     @property
     def top(self) -> ClassMap:
@@ -265,8 +275,8 @@ class ImageExplanation:
 class Reporter:
     """Explains batches of images for reports, with one backbone, one set of options and an optional index.
 
-    Construction checks everything once (layer, index compatibility, options) and computes the default layer's
-    receptive-field geometry with one layer-table pass.
+    Construction checks everything once (layer, index compatibility, options) and, with one layer-table pass,
+    picks the unit-view layer (:attr:`channel_layer`) and its receptive-field geometry.
 
     Args:
         backbone: the model, its preprocessing, class names and default layer.
@@ -296,18 +306,21 @@ class Reporter:
             resolve_layer(backbone.model, index.layer)
         self.warnings: list[str] = []
         self.missing_rows: set[int] = set()  # gallery rows shown as neighbours whose file is gone
-        self.rf_row = self._receptive_field()
+        self.channel_layer, self.rf_row = self._unit_view_layer()
 
-    def _receptive_field(self) -> LayerInfo | None:
-        from explain.layers import receptive_field
+    def _unit_view_layer(self) -> tuple[str, LayerInfo | None]:
+        """The layer of the strongest-unit view (``--layer``, else a mid layer) and its layer-table row."""
+        from explain.layers import layer_table, part_view_layer
 
         device = model_device(self.backbone.model, "cpu")
         try:
-            row = receptive_field(self.backbone.model, self.layer, self.backbone.input_size, device=device)
+            rows = layer_table(self.backbone.model, self.backbone.input_size, device=device)
         except ExplainError as exc:
             self.warnings.append(f"receptive fields not available ({exc}); channels are shown without them")
-            return None
-        return row if row.receptive_field is not None else None
+            return self.layer, None
+        name = self.layer if self.options.layer else part_view_layer(rows, self.backbone.input_size) or self.layer
+        row = next((r for r in rows if r.name == name), None)
+        return name, row if row is not None and row.receptive_field is not None else None
 
     @property
     def cam_count(self) -> int:
@@ -364,7 +377,7 @@ class Reporter:
             out.append(ImageExplanation(
                 predictions=predictions[i], classes=classes, guided=g.guided if g.guided is not None else g.gradient,
                 guided_cam=g.gradient, smoothgrad=s.gradient, smoothgrad_info=info,
-                channel=self._channel(channels[i]), neighbours=neighbours[i],
+                channel=self._channel(channels[i]), neighbours=neighbours[i], cam_layer=self.layer,
             ))
         return out
 
@@ -375,18 +388,18 @@ class Reporter:
                         prob=float(probs[index]), score=cam.score, cam=cam.map, cam_layer=cam.maps_layer[self.layer])
 
     def _layer_outputs(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """The default layer's maps ``(N, C, h, w)`` and, with an index, the pooled index-layer features."""
+        """The unit-view layer's maps ``(N, C, h, w)`` and, with an index, the pooled index-layer features."""
         import torch
 
         from explain.hooks import LayerTap, eval_mode
 
         model = self.backbone.model
-        layers = [self.layer] + ([self.index.layer] if self.index is not None else [])
+        layers = [self.channel_layer] + ([self.index.layer] if self.index is not None else [])
         device = model_device(model, inputs.device)
-        with eval_mode(model), LayerTap(model, layers, spatial=[self.layer]) as tap, torch.no_grad():
+        with eval_mode(model), LayerTap(model, layers, spatial=[self.channel_layer]) as tap, torch.no_grad():
             model(inputs.to(device, copy=True))  # a copy: a model may modify its input in place
         tap.require_all()
-        maps = tap.outputs[self.layer].detach().float().cpu().numpy()
+        maps = tap.outputs[self.channel_layer].detach().float().cpu().numpy()
         if self.index is None:
             return maps, None
         from explain.gallery import pool_features
@@ -395,14 +408,14 @@ class Reporter:
         return maps, vectors.float().cpu().numpy()
 
     def _channel(self, maps: np.ndarray) -> ChannelView:
-        from explain.activations import channel_means, top_channels
+        from explain.activations import channel_means, strongest_unit
 
-        channel = top_channels(maps, 1)[0]
+        peak = strongest_unit(maps)
+        channel, (y, x) = peak.channel, peak.unit
         activation = np.asarray(maps[channel], dtype=np.float32)
-        y, x = (int(v) for v in np.unravel_index(int(np.argmax(activation)), activation.shape))
-        view = ChannelView(layer=self.layer, channel=channel, channels=int(maps.shape[0]),
+        view = ChannelView(layer=self.channel_layer, channel=channel, channels=int(maps.shape[0]),
                            mean=float(channel_means(maps[channel][None])[0]), activation=activation, unit=(y, x),
-                           value=float(activation[y, x]))
+                           value=peak.value, saturated=peak.saturated, ties=peak.ties)
         row = self.rf_row
         if row is not None and row.receptive_field is not None:
             view.box = row.unit_box(y, x, clip_to=self.backbone.input_size)
@@ -462,7 +475,7 @@ def _item(sample: Any, exp: ImageExplanation, outputs: dict[str, Any]) -> dict[s
     from explain.run import image_record
 
     item = image_record(sample, [c.as_dict() for c in exp.predictions])
-    item.update({"method": "report", "cam_method": CAM_METHOD, "layer": exp.channel.layer,
+    item.update({"method": "report", "cam_method": CAM_METHOD, "layer": exp.cam_layer,
                  "explained": [c.as_dict() for c in exp.classes], "smoothgrad": exp.smoothgrad_info,
                  "channel": exp.channel.as_dict()})
     if exp.neighbours is not None:

@@ -10,9 +10,10 @@ sub-figure of a PDF page, so both formats show the same panels:
   guided Grad-CAM++ as RGB pictures ``0.5 + 0.5 * clip(g / s, -1, 1)`` with ``s`` the 99th percentile of ``|g|``
   over non-zero entries (:func:`explain.guided_run.gradient_rgb`, as ``guided-backprop`` draws them), and the
   SmoothGrad magnitude ``max_c |g_c| / s`` (:func:`explain.guided_run.magnitude_map`) with its colour bar.
-* **Most active channel** of the default layer: its map (raw values, colour bar) with its most active unit, the map
-  upsampled over the model input with the unit's theoretical receptive field, and a zoom on that field when it is
-  smaller than most of the input.
+* **Strongest unit** of a layer whose units see part of the image (:attr:`explain.report.Reporter.channel_layer`):
+  its channel's map (raw values, colour bar) with the unit, the map upsampled over the model input with the unit's
+  theoretical receptive field, and a zoom on that field when it is smaller than most of the input; the caption
+  (:func:`channel_caption`) says what the box is and which saturated channels were passed over.
 * **Nearest gallery images** (with an index): thumbnails with rank, distance and label.
 
 Every value a user supplies (file names, class names, gallery paths and labels) is escaped with
@@ -30,7 +31,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from explain.figures import draw_unit_box, format_prob
+from explain.figures import box_beyond_note, draw_unit_box, format_prob
 from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.report import ImageExplanation, ReportOptions
 
-__all__ = ["IndexEntry", "ReportPage", "draw_cams", "draw_channel", "draw_gradients", "index_html", "page_html",
+__all__ = ["IndexEntry", "ReportPage", "channel_caption", "draw_cams", "draw_channel", "draw_gradients", "index_html",
+           "page_html",
            "pdf_figure"]
 
 #: Longest side of the photo drawn in figures and embedded in pages (pixels).
@@ -175,7 +177,8 @@ def draw_gradients(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> 
 
 
 def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
-    """The most active channel: its map with the peak unit, over the input with the unit's receptive field, zoom."""
+    """The strongest unit: its channel's map with the unit (red +), the map over the input with the part of the
+    input that unit sees (its receptive field, yellow), and a zoom on that part."""
     from explain.figures import check_colormap, map_to_image
 
     ch = page.explanation.channel
@@ -188,8 +191,8 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     shown = axes[0].imshow(ch.activation, cmap=cmap, interpolation="nearest")
     axes[0].plot([ch.unit[1]], [ch.unit[0]], marker="+", color="#ff3030", markersize=10, mew=2)
     h, w = ch.activation.shape
-    axes[0].set_title(f"channel {ch.channel} of {ch.channels} ({h}x{w})\nmean {ch.mean:.3g} · peak {ch.value:.3g} "
-                      f"at ({ch.unit[0]}, {ch.unit[1]})", fontsize=fontsize)
+    axes[0].set_title(f"channel {ch.channel} of {ch.channels} ({h}x{w} units)\n+ strongest unit: {ch.value:.3g} at "
+                      f"(y {ch.unit[0]}, x {ch.unit[1]})", fontsize=fontsize)
     bar = fig.colorbar(shown, ax=axes[0], fraction=0.046, pad=0.02)
     bar.set_label("activation", fontsize=7)
     bar.ax.tick_params(labelsize=7)
@@ -203,10 +206,10 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
         centre_y, centre_x = ch.centre if ch.centre is not None else ((box[1] + box[3]) / 2 - 0.5,
                                                                       (box[0] + box[2]) / 2 - 0.5)
         axes[1].plot([centre_x], [centre_y], marker="+", color="#ffd400", markersize=10, mew=2)
-        inside = f"{box[2] - box[0]:.0f}x{box[3] - box[1]:.0f} inside the input"
         covers = (box[2] - box[0]) * (box[3] - box[1]) >= 0.999 * height * width
-        axes[1].set_title(f"receptive field of the peak unit: {ch.rf_size[1]}x{ch.rf_size[0]} px\n"
-                          + ("(covers the whole input)" if covers else f"({inside})"), fontsize=fontsize)
+        where = ("covers the whole input" if covers else box_beyond_note(box, ch.rf_size)
+                 or f"of the {width}x{height} input")
+        axes[1].set_title(f"what that unit sees: {ch.rf_size[1]}x{ch.rf_size[0]} px\n({where})", fontsize=fontsize)
     else:
         axes[1].set_title("channel map over the model input\n(no receptive field for this layer)", fontsize=fontsize)
     axes[1].set_xlim(-0.5, width - 0.5)
@@ -299,7 +302,7 @@ def pdf_figure(page: ReportPage) -> Figure:
     subs = sheet.subfigures(len(sections), 1, height_ratios=[r for _, r in sections])
     for sub, (draw, _) in zip(np.atleast_1d(subs), sections):
         draw(sub, page)
-    sheet.suptitle(f"{mpl_text(page.display, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.channel.layer}",
+    sheet.suptitle(f"{mpl_text(page.display, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.cam_layer}",
                    fontsize=10)
     return fig
 
@@ -323,8 +326,10 @@ backpropagation times the class's CAM. Drawn as RGB <code>0.5 + 0.5·clip(g/s, �
 99th percentile of |g| over non-zero entries.</li>
 <li><b>SmoothGrad</b> (Smilkov et al. 2017, <a href="https://arxiv.org/abs/1706.03825">arXiv:1706.03825</a>): the
 input gradient averaged over noisy copies of the image; drawn as the per-pixel maximum of |g| over colours.</li>
-<li><b>Most active channel</b>: the channel of the layer with the largest mean activation; the box is the
-theoretical receptive field of its most active unit (every input pixel that unit is connected to).</li>
+<li><b>Strongest unit</b>: the largest activation of a layer whose units each see a part of the image (by
+default the deepest block whose receptive field is at most half the input; <code>--layer</code> otherwise), among
+channels whose peak is not saturated (a value repeated in the layer, like ReLU6's 6); the box is that unit's
+theoretical receptive field (every input pixel it is connected to).</li>
 </ul></details>""")
 
 
@@ -383,7 +388,7 @@ def _head_html(page: ReportPage) -> Markup:
 
 def _cams_html(page: ReportPage) -> Markup:
     n = len(page.explanation.classes)
-    return _section(f"Grad-CAM++ of the top {n} classes at {page.explanation.channel.layer}",
+    return _section(f"Grad-CAM++ of the top {n} classes at {page.explanation.cam_layer}",
                     _figure_img(_standalone(draw_cams, page, _cams_size(page)), f"Grad-CAM++ of the top {n} classes"))
 
 
@@ -399,15 +404,40 @@ def _gradients_html(page: ReportPage) -> Markup:
                                 f"guided backpropagation and guided Grad-CAM++ of class {exp.top.index}; {smooth}."))
 
 
+def channel_caption(page: ReportPage) -> str:
+    """What the strongest-unit figure shows, in words: the unit, the channels passed over, what the box is."""
+    ch = page.explanation.channel
+    h, w = ch.activation.shape
+    parts = [f"The strongest unit of {ch.layer}: {ch.value:.3g} at (y {ch.unit[0]}, x {ch.unit[1]}) of channel "
+             f"{ch.channel}'s {h}x{w} map (red +; channel mean {ch.mean:.3g})."]
+    if ch.ties > 1:
+        parts.append(f"Every channel's peak is saturated (a value repeated in the layer): {ch.ties} units of this "
+                     "channel share it, and the first is marked.")
+    elif ch.saturated:
+        parts.append(f"{ch.saturated} of {ch.channels} channels were passed over: their peak is a value repeated in "
+                     "the layer (saturated, like ReLU6's 6), not a peak.")
+    if ch.box is None or ch.rf_size is None:
+        parts.append("The layer table gives no receptive field for this layer.")
+        return " ".join(parts)
+    height, width = page.model_input.shape[:2]
+    size = f"{ch.rf_size[1]}x{ch.rf_size[0]} px"
+    if (ch.box[2] - ch.box[0]) * (ch.box[3] - ch.box[1]) >= 0.999 * height * width:
+        parts.append(f"Its receptive field ({size}) covers the whole {width}x{height} input, as every unit of this "
+                     "layer does: choose a mid layer with --layer to see a part of the image.")
+    else:
+        beyond = box_beyond_note(ch.box, ch.rf_size)
+        parts.append(f"The yellow box is the part of the {width}x{height} model input this unit sees (its "
+                     f"theoretical receptive field, {size}{'; ' + beyond if beyond else ''})"
+                     + (", zoomed on the right." if _zoomed(page) else "."))
+    return " ".join(parts)
+
+
 def _channel_html(page: ReportPage) -> Markup:
     ch = page.explanation.channel
-    rf = (f"its receptive field is {ch.rf_size[1]}x{ch.rf_size[0]} px" if ch.rf_size is not None
-          else "the layer table gives no receptive field for this layer")
     size = (3.3 * (3 if _zoomed(page) else 2) + 1.2, 3.4)
-    caption = (f"channel {ch.channel} of {ch.channels} has the largest mean activation ({ch.mean:.3g}); its peak "
-               f"{ch.value:.3g} is at unit (y {ch.unit[0]}, x {ch.unit[1]}); {rf}.")
-    return _section(f"Most active channel of {ch.layer}",
-                    _figure_img(_standalone(draw_channel, page, size), f"channel {ch.channel} of {ch.layer}", caption))
+    return _section(f"Strongest unit of {ch.layer}",
+                    _figure_img(_standalone(draw_channel, page, size), f"channel {ch.channel} of {ch.layer}",
+                                channel_caption(page)))
 
 
 def page_html(page: ReportPage) -> str:

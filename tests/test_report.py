@@ -62,19 +62,21 @@ def test_most_active_channel_and_receptive_field_by_hand() -> None:
 
     The stem's red map is the 3x3 box sum, so the head's channel 3 (= 2 x red) has the largest mean,
     2 (9 x 1 + 9 x 0.5) / 100; its peak 2.0 sits at every unit of the 10x10 grid whose 3x3 window covers (5, 7):
-    y 3..5, x 5..7; the first in row-major order is (3, 5), whose receptive field is the box x 5..8, y 3..6.
+    y 3..5, x 5..7 (so does every channel's peak: all are saturated, and the channel with the largest mean is
+    shown); the first in row-major order is (3, 5), whose receptive field is the box x 5..8, y 3..6.
     """
     backbone = tiny_backbone()
     x = torch.zeros(1, 3, 12, 12)
     x[0, 0, 5, 7] = 1.0
     x[0, 0, 2, 2] = 0.5
     x[0, 1, 9, 9] = 0.25  # a little green: classes 1 and 2 do not tie
-    reporter = Reporter(backbone, ReportOptions(top=3, cams=2, samples=0))
+    reporter = Reporter(backbone, ReportOptions(top=3, cams=2, samples=0, layer="head"))
     (exp,) = reporter.explain(x)
     ch = exp.channel
     assert (ch.layer, ch.channel, ch.channels) == ("head", 3, 4)
     assert ch.activation.shape == (10, 10)
-    assert ch.unit == (3, 5) and ch.value == pytest.approx(2.0)
+    # every channel's peak is a box sum shared by 9 units: all saturated, so the largest mean and its first peak
+    assert ch.unit == (3, 5) and ch.value == pytest.approx(2.0) and ch.ties == 9 and ch.saturated == 4
     assert ch.mean == pytest.approx(2.0 * (9 * 1.0 + 9 * 0.5) / 100)
     assert ch.box == (5.0, 3.0, 8.0, 6.0) and ch.rf_size == (3, 3)
     assert ch.centre == (4.0, 6.0)  # pixel centres: rows 3..5, columns 5..7
@@ -100,7 +102,8 @@ def test_report_data_equals_the_engines(lite0, samples: Path) -> None:
     reporter = Reporter(lite0, ReportOptions(samples=2, cams=3, top=5))
     explanations = reporter.explain(x, seeds=[11, 42])
     model, layer = lite0.model, lite0.default_layer
-    row = receptive_field(model, layer, lite0.input_size)
+    assert reporter.channel_layer == "_blocks.5"  # the deepest block whose units see at most half the input
+    row = receptive_field(model, reporter.channel_layer, lite0.input_size)
     for i, exp in enumerate(explanations):
         xi = x[i:i + 1]
         ref_top = top_classes(compute_cams(model, xi, layer, [ClassTarget(0)]).logits, lite0.class_names, 5)[0]
@@ -121,9 +124,9 @@ def test_report_data_equals_the_engines(lite0, samples: Path) -> None:
         np.testing.assert_allclose(exp.guided_cam, exp.guided * exp.classes[0].cam[None], atol=1e-4 * scale)
         smooth = saliency(model, xi, [top], samples=2, seed=[[11, 42][i]]).maps[0].gradient
         np.testing.assert_allclose(exp.smoothgrad, smooth, atol=1e-4 * np.abs(smooth).max())
-        maps = feature_maps(model, xi, layer).maps[0]
-        means = maps.mean(axis=(1, 2))
-        assert exp.channel.channel == int(np.argmax(means))
+        assert exp.cam_layer == layer and exp.channel.layer == "_blocks.5"
+        maps = feature_maps(model, xi, reporter.channel_layer).maps[0]
+        assert exp.channel.channel == int(np.argmax(maps.max(axis=(1, 2))))  # no saturated value in a block output
         np.testing.assert_allclose(exp.channel.activation, maps[exp.channel.channel], atol=1e-5)
         y, x_ = exp.channel.unit
         assert exp.channel.value == pytest.approx(float(maps[exp.channel.channel].max()), abs=1e-5)
@@ -238,3 +241,59 @@ def test_pdf_sheet_keeps_print_margins() -> None:
     mm = 25.4 / dpi
     margins = [cols.min() * mm, (width - 1 - cols.max()) * mm, rows.min() * mm, (height - 1 - rows.max()) * mm]
     assert min(margins) >= 10.0, margins
+
+
+def test_strongest_unit_passes_over_saturated_channels() -> None:
+    """ReLU6-like maps: channel 0 is 6 almost everywhere (the old 'most active channel', whose 'peak' was the first
+    of many ties); channel 1 has one real peak 5.5; channel 2 reaches 6 at one unit, a value repeated in the layer."""
+    from explain.activations import strongest_unit
+
+    maps = np.zeros((3, 4, 5), dtype=np.float32)
+    maps[0] = 6.0
+    maps[0, 3, 4] = 1.0
+    maps[1, 2, 3] = 5.5
+    maps[1, 0, 0] = 2.0
+    maps[2, 1, 1] = 6.0
+    peak = strongest_unit(maps)
+    assert (peak.channel, peak.unit, peak.value, peak.ties, peak.saturated) == (1, (2, 3), 5.5, 1, 2)
+    everywhere = np.full((2, 3, 3), 6.0, dtype=np.float32)
+    everywhere[1, 0, 0] = 0.0
+    assert strongest_unit(everywhere) == strongest_unit(everywhere)  # deterministic
+    fallback = strongest_unit(everywhere)
+    assert (fallback.channel, fallback.unit, fallback.ties, fallback.saturated) == (0, (0, 0), 9, 2)
+
+
+def test_report_unit_view_sees_part_of_the_image_and_says_so(lite0, samples: Path) -> None:
+    """On the embedded model the view used the head (ReLU6, 7x7 units that each see 851 px): a channel saturated at
+    6 almost everywhere, 'peak at (0, 2)' and a box over the whole photo. Now: a unit of a mid block that sees a
+    part of the input, a single unsaturated peak, and a caption that says what the box is."""
+    from explain.images import load_image
+    from explain.report_render import channel_caption
+
+    image = load_image(samples / "chelsea.png").image
+    x = lite0.preprocess(image)[None]
+    (exp,) = Reporter(lite0, ReportOptions(samples=0)).explain(x)
+    ch = exp.channel
+    assert ch.rf_size is not None and max(ch.rf_size) <= 112 and ch.box is not None
+    assert (ch.box[2] - ch.box[0]) * (ch.box[3] - ch.box[1]) < 0.25 * 224 * 224
+    assert ch.ties == 1 and ch.value == pytest.approx(float(ch.activation.max()))
+    assert int((ch.activation == ch.value).sum()) == 1
+    # --layer _head_act (ReLU6): the saturated channels are passed over and the caption says so
+    (head,) = Reporter(lite0, ReportOptions(samples=0, layer="_head_act")).explain(x)
+    assert head.channel.layer == "_head_act" and head.channel.value < 6.0 and head.channel.ties == 1
+    assert head.channel.saturated > 0
+    page = _page_of(lite0, image, x[0], head)
+    caption = channel_caption(page)
+    assert f"{head.channel.saturated} of 1280 channels were passed over" in caption
+    assert "covers the whole 224x224 input" in caption and "--layer" in caption
+    caption = channel_caption(_page_of(lite0, image, x[0], exp))
+    assert "The yellow box is the part of the 224x224 model input this unit sees" in caption
+
+
+def _page_of(backbone, image, tensor, exp) -> ReportPage:
+    from explain.data import Sample
+    from explain.images import LoadedImage
+
+    loaded = LoadedImage(path=Path("c.png"), display="c.png", image=image, sha256="0" * 64, original_mode="RGB")
+    sample = Sample(loaded, tensor, backbone.preprocess.geometry(*image.size))
+    return ReportPage.of(sample, exp, backbone, ReportOptions(), "page.html")

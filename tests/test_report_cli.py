@@ -59,7 +59,8 @@ def test_pages_index_and_manifest(html_run) -> None:
     chelsea = manifest["items"][1]
     assert chelsea["prediction"][0]["name"] == "tiger cat" and len(chelsea["prediction"]) == 5
     assert [c["index"] for c in chelsea["explained"]] == [p["index"] for p in chelsea["prediction"][:3]]
-    assert chelsea["smoothgrad"]["samples"] == 2 and chelsea["channel"]["layer"] == "_head_act"
+    assert chelsea["smoothgrad"]["samples"] == 2 and chelsea["layer"] == "_head_act"
+    assert chelsea["channel"]["layer"] == "_blocks.5"  # the unit view's mid layer: units see 83 of 224 px
     page = out / chelsea["outputs"]["page"]
     parsed = parse_html(page)
     text = " ".join(parsed.text)
