@@ -34,7 +34,7 @@ def cam(
     layer: LayerOpt = None,
     fmt: FormatOpt = "png",
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Heat opacity in the overlay.")] = 0.5,
-    colormap: Annotated[str, typer.Option(help="Matplotlib colour map.")] = "jet",
+    colormap: Annotated[str, typer.Option(help="Matplotlib colour map.")] = "inferno",
     *,
     model_options: ModelOptions,
     run: RunArgs,

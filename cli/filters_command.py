@@ -90,7 +90,9 @@ def activations(
     unit: Annotated[list[str] | None, typer.Option(
         "--unit", help="LAYER:CHANNEL:Y:X (one unit): draws its theoretical receptive field and its effective one "
                        "(|d unit / d input|); repeatable.", show_default=False)] = None,
-    colormap: Annotated[str, typer.Option(help="Matplotlib colour map of the feature maps.")] = "viridis",
+    colormap: Annotated[str, typer.Option(
+        help="Matplotlib colour map of the feature maps; auto: viridis, or the diverging RdBu_r centred on 0 when "
+             "the maps have negative values.")] = "auto",
     fmt: FormatOpt = "png",
     *,
     model_options: ModelOptions,

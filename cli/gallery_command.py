@@ -14,7 +14,7 @@ import typer
 
 from cli.common import (
     OMIT, ModelOptions, RunArgs, WorkersOpt, advance_with_eta, check_out_is_not_an_input, claim_output, collect_images,
-    finish, handle_errors, model_command, print_table, progress_columns, say,
+    finish, handle_errors, model_command, print_table, progress_columns, say, stderr_line,
 )
 from explain.errors import UsageError
 
@@ -207,6 +207,7 @@ def neighbours(
                 "unlabelled": report.unlabelled, "purity": {str(k_): round(v, 6) for k_, v in report.purity.items()},
                 "per_class": {name: {str(k_): round(v, 6) for k_, v in row.items()}
                               for name, row in report.per_class.items()},
+                "notes": report.notes,
             }
     for err in reversed(find_errors):
         manifest.errors.insert(0, {"input": err.path, "error": err.reason})
@@ -244,6 +245,8 @@ def _print_purity(report: Any) -> None:
     for k_, value in report.purity.items():
         table.add_row(str(k_), f"{value:.4f}")
     print_table(table)
+    for note in report.notes:
+        stderr_line(f"note: {note}")
 
 
 # --- tsne -----------------------------------------------------------------------------------------------------

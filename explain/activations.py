@@ -46,10 +46,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TOP", "SCALES", "Erf", "FeatureMaps", "activation_figure", "effective_receptive_field", "erf_stats",
     "feature_maps", "layer_output_shapes", "parse_unit", "receptive_field_figure", "scale_maps", "select_channels",
-    "shapes_from_table", "strongest_unit", "top_channels", "PeakUnit",
+    "shapes_from_table", "strongest_unit", "top_channels", "PeakUnit", "activation_colormap",
 ]
 
 SCALES = ("shared", "tile")
+#: ``--colormap auto``: :data:`SEQUENTIAL_CMAP` for maps without negative values, :data:`DIVERGING_CMAP` centred on
+#: 0 for signed maps (a pre-activation, a block output with a residual sum), so the sign reads at a glance.
+AUTO_CMAP, SEQUENTIAL_CMAP, DIVERGING_CMAP = "auto", "viridis", "RdBu_r"
 #: Channels drawn by default.
 DEFAULT_TOP = 16
 #: Share of the gradient mass used to say how concentrated an effective receptive field is.
@@ -273,16 +276,37 @@ def select_channels(
     return top_channels(maps, min(top or DEFAULT_TOP, total))
 
 
-def scale_maps(maps: np.ndarray, scale: str = "shared") -> tuple[np.ndarray, tuple[float, float] | None]:
+def activation_colormap(maps: np.ndarray, colormap: str = AUTO_CMAP) -> tuple[str, bool]:
+    """The colour map of feature maps and whether their scale is centred on 0 (they have negative values).
+
+    ``colormap`` :data:`AUTO_CMAP` picks :data:`DIVERGING_CMAP` for signed maps, else :data:`SEQUENTIAL_CMAP`; any
+    other name is kept (a signed map is still centred on 0).
+    """
+    signed = bool(np.asarray(maps).size) and float(np.nanmin(maps)) < 0.0
+    if colormap != AUTO_CMAP:
+        return colormap, signed
+    return (DIVERGING_CMAP if signed else SEQUENTIAL_CMAP), signed
+
+
+def scale_maps(maps: np.ndarray, scale: str = "shared",
+               centred: bool = False) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Map ``(K, H, W)`` feature maps to ``[0, 1]`` for drawing.
+
+    With ``centred`` (signed maps, a diverging colour map), 0 maps to 0.5 and the scale is symmetric:
+    ``[-m, m]`` with ``m`` the largest ``|value|`` (of all maps, or of each tile).
 
     Returns:
         The scaled maps and, for ``shared``, the ``(low, high)`` values of the colour scale (``None`` for ``tile``).
-        A constant map (or set of maps) becomes 0.
+        A constant map (or set of maps) becomes 0 (0.5 when centred).
     """
     if scale not in SCALES:
         raise UsageError(f"unknown --scale {scale!r}: choose shared or tile")
     arr = np.asarray(maps, dtype=np.float64)
+    if centred:
+        axes = None if scale == "shared" else (1, 2)
+        m = np.abs(arr).max(axis=axes, keepdims=axes is not None)
+        out = (0.5 + 0.5 * arr / np.where(m > 0, m, 1.0)).astype(np.float32)
+        return out, ((-float(m), float(m)) if scale == "shared" else None)
     if scale == "shared":
         lo, hi = float(arr.min()), float(arr.max())
         span = hi - lo
@@ -392,7 +416,7 @@ def activation_figure(
     channels: Sequence[int],
     title: str,
     scale: str = "shared",
-    colormap: str = "viridis",
+    colormap: str = AUTO_CMAP,
 ) -> Figure:
     """The model input beside a grid of feature maps.
 
@@ -402,16 +426,18 @@ def activation_figure(
         channels: the channel index of each map (tile titles).
         title: figure title.
         scale: ``shared`` or ``tile`` (module docstring).
-        colormap: matplotlib colour map of the maps.
+        colormap: matplotlib colour map of the maps, or :data:`AUTO_CMAP` (:func:`activation_colormap`); signed
+            maps get a scale centred on 0.
     """
     from matplotlib.figure import Figure
 
     from explain.figures import check_colormap
     from explain.filters import build_mosaic, grid_columns, label_size, to_rgba
 
-    cmap = check_colormap(colormap)
     raw = np.asarray(maps, dtype=np.float32)
-    scaled, limits = scale_maps(raw, scale)
+    name, centred = activation_colormap(raw, colormap)
+    cmap = check_colormap(name)
+    scaled, limits = scale_maps(raw, scale, centred)
     n = raw.shape[0]
     ncols = grid_columns(n)
     mosaic = build_mosaic(to_rgba(scaled, cmap), ncols, gap=0.08, band=0.3, min_tile_px=56)

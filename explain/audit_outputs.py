@@ -82,7 +82,7 @@ def render_overlays(backbone: Backbone, inputs: AuditInputs, paths: Sequence[str
         cams = compute_cams(backbone.model, batch.tensor.to(settings.device), layer, [TopK(1)], "gradcam++")
         for sample, cam in zip(batch.samples, cams.maps, strict=True):
             image = sample.loaded.image
-            picture = overlay(image, map_to_image(cam.map, image.size, sample.geometry.crop_box), "jet", 0.5)
+            picture = overlay(image, map_to_image(cam.map, image.size, sample.geometry.crop_box), alpha=0.5)
             key = key_of[sample.loaded.display]
             _draw_boxes(picture, inputs.boxes.boxes.get(key, []))
             picture.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))

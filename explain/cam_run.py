@@ -48,7 +48,7 @@ class CamOptions:
     targets: list[str] = field(default_factory=list)
     neurons: list[str] = field(default_factory=list)
     fmt: str = "png"
-    colormap: str = "jet"
+    colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
     top_k: int = 5
 

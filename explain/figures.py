@@ -1,7 +1,8 @@
 """Figures: heat maps laid back on the full photo, and side-by-side panels with colour bars.
 
 Matplotlib is used through ``matplotlib.figure.Figure`` (never pyplot), so nothing opens a window and figures are
-safe to make from any thread. Colour maps are matplotlib's names (``jet``, ``inferno``, ``viridis``, ...).
+safe to make from any thread. Colour maps are matplotlib's names (``inferno``, ``viridis``, ``jet``, ...); heat
+maps default to :data:`DEFAULT_COLORMAP`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 FORMATS = ("png", "svg", "pdf")
+#: The colour map of every heat map (CAMs, segmentation and detection maps): perceptually uniform, its lightness
+#: rising steadily from 0 to 1, so brightness reads as relevance, also in grey print and for colour-blind readers
+#: (jet's lightness peaks mid-scale and draws edges that are not in the map).
+DEFAULT_COLORMAP = "inferno"
 #: Font size of the panel titles of a figure row (the figure's own title is larger).
 PANEL_TITLE_SIZE = 10.0
 #: Probabilities below this are written ``<1e-4``: more digits would claim a precision softmax does not have.
@@ -117,7 +122,8 @@ def map_to_image(map01: np.ndarray, image_size: tuple[int, int], crop_box: Seque
     return full
 
 
-def overlay(image: Image.Image, full_map: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> Image.Image:
+def overlay(image: Image.Image, full_map: np.ndarray, colormap: str = DEFAULT_COLORMAP,
+            alpha: float = 0.5) -> Image.Image:
     """Blend a colour-mapped ``full_map`` (values in [0, 1], NaN outside the crop) over ``image``.
 
     Inside the crop: ``(1 - alpha) * photo + alpha * colour(map)``. Outside it the photo is dimmed, so that it is
@@ -139,7 +145,7 @@ def heatmap_panel(
     full_map: np.ndarray,
     overlaid: Image.Image,
     title: str,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
     map_label: str = "relevance (normalised)",
 ) -> Figure:
     """Input | heat map with colour bar | overlay, in one row, under ``title``.

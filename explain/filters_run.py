@@ -148,7 +148,8 @@ class ActivationOptions:
         show_all: every channel.
         scale: ``shared`` or ``tile`` colour scale.
         units: ``LAYER:C:Y:X`` units whose theoretical and effective receptive fields are drawn.
-        colormap: colour map of the feature maps.
+        colormap: colour map of the feature maps; ``auto``: viridis, or the diverging RdBu_r centred on 0 when the
+            maps have negative values (:func:`explain.activations.activation_colormap`).
         erf_colormap: colour map of the effective receptive fields.
         fmt: figure format.
         top_k: predicted classes listed per item.
@@ -160,7 +161,7 @@ class ActivationOptions:
     show_all: bool = False
     scale: str = "shared"
     units: list[str] = field(default_factory=list)
-    colormap: str = "viridis"
+    colormap: str = "auto"
     erf_colormap: str = "inferno"
     fmt: str = "png"
     top_k: int = 5
@@ -184,7 +185,7 @@ def resolve_activation_options(backbone: Backbone, opts: ActivationOptions, devi
     Raises:
         LayerError, TargetError, UsageError: one clear message for the first bad option.
     """
-    from explain.activations import SCALES, check_unit, layer_output_shapes, parse_unit, shapes_from_table
+    from explain.activations import AUTO_CMAP, SCALES, check_unit, layer_output_shapes, parse_unit, shapes_from_table
     from explain.figures import check_colormap, check_format
     from explain.filters import parse_channels
     from explain.modules import resolve_layer
@@ -200,7 +201,8 @@ def resolve_activation_options(backbone: Backbone, opts: ActivationOptions, devi
         raise UsageError(f"--top must be at least 1, got {opts.top}")
     if opts.scale not in SCALES:
         raise UsageError(f"unknown --scale {opts.scale!r}: choose shared or tile")
-    check_colormap(opts.colormap)
+    if opts.colormap != AUTO_CMAP:
+        check_colormap(opts.colormap)
     check_colormap(opts.erf_colormap)
     opts.fmt = check_format(opts.fmt)
     if opts.channels is not None:

@@ -1098,6 +1098,8 @@ class PurityReport:
         evaluated: how many labelled images served as queries (and as the gallery).
         unlabelled: images left out for having no label.
         metric: the distance used.
+        notes: says at which k some class has fewer than k other members, so that its purity (and the mean)
+            cannot reach 1 (:func:`small_class_notes`).
     """
 
     purity: dict[int, float]
@@ -1105,6 +1107,23 @@ class PurityReport:
     evaluated: int
     unlabelled: int
     metric: str
+    notes: list[str] = field(default_factory=list)
+
+
+def small_class_notes(sizes: dict[str, int], ks: Sequence[int], most: int = 5) -> list[str]:
+    """A note when some class has fewer than ``k`` *other* members for a ``k`` in ``ks`` (``sizes`` counts each
+    class's labelled images): among the k nearest other images at most ``size - 1`` share the query's class, so its
+    purity (and the mean) cannot reach 1 at that k. Empty when every class is large enough."""
+    ks = sorted(set(ks))
+    affected = [k for k in ks if any(n - 1 < k for n in sizes.values())]
+    if not affected:
+        return []
+    short = {name: n - 1 for name, n in sizes.items() if n - 1 < affected[-1]}
+    listed = ", ".join(f"{name} ({n})" for name, n in list(short.items())[:most])
+    more = f" and {len(short) - most} more" if len(short) > most else ""
+    classes = "1 class has" if len(short) == 1 else f"{len(short)} classes have"
+    return [f"purity at k={', '.join(map(str, affected))} cannot reach 1: {classes} fewer than k other members: "
+            f"{listed}{more}"]
 
 
 def evaluate_purity(index: FeatureIndex, ks: Sequence[int] = (1, 5, 10), metric: str = "l2", *,
@@ -1133,5 +1152,7 @@ def evaluate_purity(index: FeatureIndex, ks: Sequence[int] = (1, 5, 10), metric:
         purity[int(k)] = float(share.mean())
         for key in dict.fromkeys(labels):
             per_class[str(names[key])][int(k)] = float(share[labels == key].mean())
-    return PurityReport(purity, per_class, len(rows), len(keys) - len(rows), metric)
+    sizes = {str(names[key]): int((labels == key).sum()) for key in dict.fromkeys(labels)}
+    notes = small_class_notes(sizes, [min(int(k), k_max) for k in ks])
+    return PurityReport(purity, per_class, len(rows), len(keys) - len(rows), metric, notes)
 

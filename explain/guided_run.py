@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import UsageError
-from explain.figures import box_beyond_note, draw_unit_box
+from explain.figures import DEFAULT_COLORMAP, box_beyond_note, draw_unit_box
 from explain.manifest import Manifest, safe_stem, write_bytes, write_figure, write_npy
 from explain.run import (
     RunSettings, class_target_record, for_each_batch, image_record, predictions_of, stem_map, target_slug,
@@ -219,7 +219,7 @@ def gradient_panel(
     k += 1
     if cam is not None:
         axes[k].imshow(np.clip(model_input, 0, 1))
-        axes[k].imshow(cam, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        axes[k].imshow(cam, cmap=DEFAULT_COLORMAP, alpha=0.5, vmin=0.0, vmax=1.0)
         axes[k].set_title(cam_title, fontsize=9)
         k += 1
     axes[k].imshow(rgb)

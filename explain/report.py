@@ -103,7 +103,7 @@ class ReportOptions:
     neighbours: int = 6
     metric: str = "l2"
     fmt: str = "html"
-    colormap: str = "jet"
+    colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
     layer: str | None = None
 

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from explain.activations import activation_colormap, scale_maps
 from explain.figures import box_beyond_note, draw_unit_box, format_prob
 from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
@@ -178,7 +179,8 @@ def draw_gradients(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> 
 
 def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
     """The strongest unit: its channel's map with the unit (red +), the map over the input with the part of the
-    input that unit sees (its receptive field, yellow), and a zoom on that part."""
+    input that unit sees (its receptive field, yellow), and a zoom on that part. A signed map is drawn with a
+    diverging colour map centred on 0 (:func:`explain.activations.activation_colormap`)."""
     from explain.figures import check_colormap, map_to_image
 
     ch = page.explanation.channel
@@ -187,18 +189,20 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     box = ch.box
     zoom = _zoomed(page)
     axes = fig.subplots(1, 3 if zoom else 2, squeeze=False)[0]
-    cmap = check_colormap("viridis")
-    shown = axes[0].imshow(ch.activation, cmap=cmap, interpolation="nearest")
-    axes[0].plot([ch.unit[1]], [ch.unit[0]], marker="+", color="#ff3030", markersize=10, mew=2)
+    name, centred = activation_colormap(ch.activation)
+    cmap = check_colormap(name)
+    act01, limits = scale_maps(ch.activation[None], "shared", centred)
+    assert limits is not None  # a shared scale has limits
+    shown = axes[0].imshow(ch.activation, cmap=cmap, interpolation="nearest", vmin=limits[0], vmax=limits[1])
+    axes[0].plot([ch.unit[1]], [ch.unit[0]], marker="+", color="black" if centred else "#ff3030", markersize=10,
+                 mew=2)
     h, w = ch.activation.shape
     axes[0].set_title(f"channel {ch.channel} of {ch.channels} ({h}x{w} units)\n+ strongest unit: {ch.value:.3g} at "
                       f"(y {ch.unit[0]}, x {ch.unit[1]})", fontsize=fontsize)
     bar = fig.colorbar(shown, ax=axes[0], fraction=0.046, pad=0.02)
     bar.set_label("activation", fontsize=7)
     bar.ax.tick_params(labelsize=7)
-    span = float(ch.activation.max() - ch.activation.min())
-    act01 = (ch.activation - ch.activation.min()) / span if span > 0 else np.zeros_like(ch.activation)
-    up = map_to_image(act01, (width, height), (0.0, 0.0, float(width), float(height)))
+    up = map_to_image(act01[0], (width, height), (0.0, 0.0, float(width), float(height)))
     axes[1].imshow(image)
     axes[1].imshow(up, cmap=cmap, alpha=0.45, vmin=0.0, vmax=1.0)
     if box is not None and ch.rf_size is not None:
@@ -409,7 +413,7 @@ def channel_caption(page: ReportPage) -> str:
     ch = page.explanation.channel
     h, w = ch.activation.shape
     parts = [f"The strongest unit of {ch.layer}: {ch.value:.3g} at (y {ch.unit[0]}, x {ch.unit[1]}) of channel "
-             f"{ch.channel}'s {h}x{w} map (red +; channel mean {ch.mean:.3g})."]
+             f"{ch.channel}'s {h}x{w} map (+; channel mean {ch.mean:.3g})."]
     if ch.ties > 1:
         parts.append(f"Every channel's peak is saturated (a value repeated in the layer): {ch.ties} units of this "
                      "channel share it, and the first is marked.")

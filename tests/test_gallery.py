@@ -153,6 +153,9 @@ def test_purity_on_known_clusters() -> None:
     lab = np.array(labels)
     assert report.purity[3] == pytest.approx(float((lab[ids] == lab[:, None]).mean()))
     assert set(report.per_class) == {"a", "b"}
+    assert report.notes == []  # "a" has 4 other members, "b" 3: enough for k <= 3
+    assert evaluate_purity(index, ks=(1, 4)).notes == [
+        "purity at k=4 cannot reach 1: 1 class has fewer than k other members: b (3)"]
     with pytest.raises(UsageError, match="labelled"):
         evaluate_purity(FeatureIndex(Path("."), entries[-1:], feats[-1:], {}, "x"))
 

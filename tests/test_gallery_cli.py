@@ -267,3 +267,15 @@ def test_tsne_size_and_thread_options_are_bounded(built: Path, tmp_path: Path) -
     result = run(*base, "--thumb-size", "8", "--threads", "-1")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "o" / "manifest.json").read_text())["grid"]["cell_px"] == 8
+
+
+def test_evaluate_notes_classes_with_fewer_than_k_other_members(built: Path, tmp_path: Path) -> None:
+    """Issue 15: the gallery's classes have 6 images each, so at k=10 no query can have 10 neighbours of its class:
+    purity there cannot reach 1, and the evaluation says so."""
+    result = run("neighbours", "--index", built, "--out", tmp_path / "a", "--evaluate")
+    assert result.exit_code == 0, result.output
+    note = ("note: purity at k=8, 10 cannot reach 1: 6 classes have fewer than k other members: dalmatian (5), "
+            "llama (5), panda (5), pizza (5), schooner (5) and 1 more")  # -k 8 (the default), and 1, 5, 10
+    assert note in result.stderr.splitlines()
+    data = json.loads(run("neighbours", "--index", built, "--out", tmp_path / "b", "--evaluate", "--json").stdout)
+    assert data["evaluation"]["notes"] == [note.removeprefix("note: ")]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.detection.targets import Detection
-from explain.figures import check_colormap
+from explain.figures import DEFAULT_COLORMAP, check_colormap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -228,7 +228,7 @@ def _colour_bar(fig: Figure, ax: Any, colormap: str, label: str, width: float = 
     bar.set_label(label, fontsize=8)
 
 
-def blend(image: Image.Image, map01: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+def blend(image: Image.Image, map01: np.ndarray, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5) -> np.ndarray:
     """``(1 - alpha) photo + alpha colour(map)`` as float RGB ``(H, W, 3)`` (map at photo size, in [0, 1])."""
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     colours = check_colormap(colormap)(np.clip(np.nan_to_num(map01), 0.0, 1.0))[..., :3]
@@ -291,12 +291,13 @@ def segmentation_panel(
     region: np.ndarray,
     title: str,
     map_title: str,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
 ) -> Figure:
     """Predicted classes over the photo | class map with legend | the map with the explained region outlined.
 
     The legend lists the classes present, largest area first (at most :data:`LEGEND_MAX` lines, the rest summed up
-    as ``+N more``), in the colours of the class map (:func:`class_palette`). All arrays are at photo size: ``predicted`` int ``(H, W)``, ``map01`` float in [0, 1], ``region`` bool.
+    as ``+N more``), in the colours of the class map (:func:`class_palette`). All arrays are at photo size:
+    ``predicted`` int ``(H, W)``, ``map01`` float in [0, 1], ``region`` bool.
     """
     from matplotlib.figure import Figure
 

@@ -64,7 +64,7 @@ class DetectOptions:
     candidate_threshold: float | None = None
     min_size: int | None = None
     fmt: str = "png"
-    colormap: str = "jet"
+    colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
 
 
@@ -86,7 +86,7 @@ class SegmentOptions:
     targets: list[str] = field(default_factory=list)
     mask: Path | None = None
     fmt: str = "png"
-    colormap: str = "jet"
+    colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
 
 
