@@ -209,3 +209,31 @@ def test_receptive_field_figure_says_when_the_box_extends_beyond_the_image() -> 
     assert "(extends beyond the image, 12x40 inside)" in fig.axes[0].get_title()
     (patch,) = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     assert not patch.get_clip_on() and (patch.get_x(), patch.get_width(), patch.get_height()) == (-0.5, 12.0, 40.0)
+
+
+def test_signed_activations_get_a_diverging_scale_centred_on_zero() -> None:
+    """Maps with negative values (a block output with its residual sum) are drawn with a diverging colour map whose
+    scale is symmetric, so 0 is the neutral middle colour; non-negative maps keep the sequential map."""
+    from explain.activations import DIVERGING_CMAP, SEQUENTIAL_CMAP, activation_colormap, activation_figure
+
+    signed = np.zeros((2, 4, 4), dtype=np.float32)
+    signed[0, 0, 0], signed[1, 3, 3] = -3.0, 1.5
+    assert activation_colormap(signed) == (DIVERGING_CMAP, True)
+    assert activation_colormap(np.abs(signed)) == (SEQUENTIAL_CMAP, False)
+    assert activation_colormap(signed, "magma") == ("magma", True)
+    scaled, limits = scale_maps(signed, "shared", centred=True)
+    assert limits == (-3.0, 3.0) and scaled[0, 0, 0] == 0.0 and scaled[1, 0, 0] == 0.5 and scaled[1, 3, 3] == 0.75
+    tiles, _ = scale_maps(signed, "tile", centred=True)
+    assert tiles[1, 3, 3] == 1.0 and tiles[1, 0, 0] == 0.5
+    fig = activation_figure(np.zeros((8, 8, 3), np.float32), signed, [0, 1], "t")
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith("activation")]
+    assert bar.get_ylim() == pytest.approx((-3.0, 3.0))
+    mosaic = fig.axes[1].get_images()[0].get_array()
+    colours = {tuple(np.round(np.asarray(c, dtype=float)[:3], 3)) for c in mosaic.reshape(-1, mosaic.shape[-1])}
+    import matplotlib
+
+    middle = tuple(np.round(matplotlib.colormaps[DIVERGING_CMAP](0.5)[:3], 3))
+    assert middle in colours  # zero is drawn in the diverging map's neutral middle
+    fig = activation_figure(np.zeros((8, 8, 3), np.float32), np.abs(signed), [0, 1], "t")
+    (bar,) = [ax for ax in fig.axes if ax.get_ylabel().startswith("activation")]
+    assert bar.get_ylim() == pytest.approx((0.0, 3.0))

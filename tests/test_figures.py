@@ -54,3 +54,34 @@ def test_cam_panel_colour_bar_is_as_tall_as_the_heat_map_and_titles_share_a_size
     panel_axes = [ax for ax in fig.axes if ax.get_title()]
     assert len(panel_axes) == 3
     assert len({ax.title.get_fontsize() for ax in panel_axes}) == 1
+
+
+def test_heat_maps_default_to_a_perceptually_uniform_colour_map() -> None:
+    """Every heat map's default is :data:`DEFAULT_COLORMAP` (it was jet, whose lightness peaks mid-scale): the
+    library's options and drawing functions, and the CLI options, which cannot import it (``--help`` stays fast)."""
+    import inspect
+
+    import numpy as np
+    from PIL import Image
+    from typer.main import get_command
+
+    from cli.main import app
+    from explain.cam_run import CamOptions
+    from explain.detection import figures as detection_figures
+    from explain.detection.run import DetectOptions, SegmentOptions
+    from explain.figures import DEFAULT_COLORMAP, heatmap_panel, overlay
+    from explain.report import ReportOptions
+
+    assert DEFAULT_COLORMAP in ("inferno", "viridis", "magma", "plasma", "cividis")
+    assert {CamOptions().colormap, ReportOptions().colormap, DetectOptions().colormap,
+            SegmentOptions().colormap} == {DEFAULT_COLORMAP}
+    for function in (overlay, heatmap_panel, detection_figures.blend, detection_figures.segmentation_panel):
+        assert inspect.signature(function).parameters["colormap"].default == DEFAULT_COLORMAP
+    commands = get_command(app).commands
+    for name in ("cam", "detect", "segment"):
+        (option,) = [p for p in commands[name].params if p.name == "colormap"]
+        assert option.default == DEFAULT_COLORMAP, name
+    image = Image.new("RGB", (20, 10))
+    fig = heatmap_panel(image, np.zeros((10, 20), np.float32), image, "t")
+    (heat,) = [ax.get_images()[0] for ax in fig.axes if ax.get_images() and ax.get_images()[0].get_array().ndim == 2]
+    assert heat.get_cmap().name.startswith(DEFAULT_COLORMAP)

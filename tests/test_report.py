@@ -286,8 +286,18 @@ def test_report_unit_view_sees_part_of_the_image_and_says_so(lite0, samples: Pat
     caption = channel_caption(page)
     assert f"{head.channel.saturated} of 1280 channels were passed over" in caption
     assert "covers the whole 224x224 input" in caption and "--layer" in caption
-    caption = channel_caption(_page_of(lite0, image, x[0], exp))
-    assert "The yellow box is the part of the 224x224 model input this unit sees" in caption
+    page = _page_of(lite0, image, x[0], exp)
+    assert "The yellow box is the part of the 224x224 model input this unit sees" in channel_caption(page)
+    # a block output is signed: a diverging colour map centred on 0
+    from matplotlib.figure import Figure
+
+    from explain.report_render import draw_channel
+
+    fig = Figure()
+    draw_channel(fig, page)
+    shown = fig.axes[0].get_images()[0]
+    low, high = shown.get_clim()
+    assert ch.activation.min() < 0 and shown.get_cmap().name == "RdBu_r" and low == pytest.approx(-high)
 
 
 def _page_of(backbone, image, tensor, exp) -> ReportPage:
