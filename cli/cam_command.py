@@ -25,7 +25,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="Panel figure format: p
 
 
 @handle_errors
-@model_command()
+@model_command(figures=True)
 def cam(
     images: ImagesArg,
     method: Annotated[str, typer.Option(help="gradcam or gradcam++.")] = "gradcam++",
@@ -43,7 +43,7 @@ def cam(
     from explain.cam_run import CamOptions, resolve_cam_options, run_cam
 
     opts = CamOptions(method=method, layers=list(layer or []), targets=list(target or []),
-                      neurons=list(neuron or []), fmt=fmt.lower(), colormap=colormap, alpha=alpha)
+                      neurons=list(neuron or []), fmt=fmt.lower(), colormap=colormap, alpha=alpha, style=run.style)
     run_image_command(
         images, model_options, run, opts.method,
         execute=lambda backbone, files, settings: run_cam(backbone, files, opts, run.out, settings),

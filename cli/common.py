@@ -57,6 +57,17 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=(
     "No progress bar, summary tables or notes; errors and warnings still go to stderr. predict keeps its tables: "
     "they are its result."))]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (manifest.json lists every file).")]
+_FIG = "Figures"
+DpiOpt = Annotated[int, typer.Option(
+    "--dpi", help="Resolution of PNG figures (and of the images in SVG/PDF ones), 30 to 1200; 300 for print.",
+    rich_help_panel=_FIG)]
+TitleOpt = Annotated[bool, typer.Option(
+    "--title/--no-title", help="Draw each figure's title (input, target, method, layer); --no-title for a paper, "
+                               "whose caption says it. Panel labels stay.", show_default=False, rich_help_panel=_FIG)]
+TitlePathOpt = Annotated[bool, typer.Option(
+    "--title-path/--no-title-path", help="Name the input in titles by its path as given; --no-title-path: by its "
+                                         "file name only (no folders in a published figure).", show_default=False,
+    rich_help_panel=_FIG)]
 
 
 ANY_TASK = ("classification", "detection", "segmentation")
@@ -262,6 +273,8 @@ class RunArgs:
     out: Path | None = None
     as_json: bool = False
     quiet: bool = False
+    style: Any = None
+    """The figures' :class:`explain.figures.FigureStyle` (``--dpi --title --title-path``) of a figure command."""
 
 
 _KW = inspect.Parameter.KEYWORD_ONLY
@@ -281,6 +294,7 @@ def model_command(
     workers_option: Any = WorkersOpt,
     out: Path = Path("cnn-explain-out"),
     out_option: Any = OutOpt,
+    figures: bool = False,
 ) -> Callable[[F], F]:
     """Give a Typer command the options every model command shares, declared once here.
 
@@ -299,6 +313,8 @@ def model_command(
         workers_option: the ``--workers`` option's annotation.
         out: the default ``--out``; :data:`OMIT` leaves the option out.
         out_option: the ``--out`` option's annotation (help text, flags).
+        figures: the command draws figures: add ``--dpi --title/--no-title --title-path/--no-title-path``, given
+            to the command as ``run.style`` (:func:`figure_style`).
     """
     shared: list[tuple[str, Any, Any]] = [
         ("model", model_option, model), ("weights", WeightsOpt, None), ("classes", ClassesOpt, None),
@@ -308,6 +324,8 @@ def model_command(
                                       ("out", out_option, out)):
         if default is not OMIT:
             shared.append((name, annotation, default))
+    if figures:
+        shared += [("dpi", DpiOpt, 150), ("title", TitleOpt, True), ("title_path", TitlePathOpt, True)]
     shared += [("seed", SeedOpt, 0), ("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
     added = {name for name, _, _ in shared}
 
@@ -333,7 +351,9 @@ def model_command(
                                    kwargs.pop("seed"), tasks)
             run = RunArgs(*(kwargs.pop(name) if name in added else fallback
                             for name, fallback in (("batch_size", 1), ("workers", 0), ("out", None))),
-                          kwargs.pop("json_"), kwargs.pop("quiet"))
+                          kwargs.pop("json_"), kwargs.pop("quiet"),
+                          figure_style(kwargs.pop("dpi"), kwargs.pop("title"), kwargs.pop("title_path")) if figures
+                          else None)
             return func(**kwargs, model_options=options, run=run)
 
         signature = own.replace(parameters=params)
@@ -342,6 +362,17 @@ def model_command(
         return command  # type: ignore[return-value]
 
     return decorate
+
+
+def figure_style(dpi: int, title: bool, title_path: bool) -> Any:
+    """The :class:`explain.figures.FigureStyle` of ``--dpi --title/--no-title --title-path/--no-title-path``.
+
+    Raises:
+        UsageError: ``--dpi`` out of bounds.
+    """
+    from explain.figures import FigureStyle  # NumPy and Matplotlib helpers: not needed for --help
+
+    return FigureStyle(dpi=dpi, title=title, title_path=title_path).check()
 
 
 def output_folder(value: str | Path | None) -> Path | None:

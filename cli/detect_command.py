@@ -25,7 +25,8 @@ ColormapOpt = Annotated[str, typer.Option(help="Matplotlib colour map.")]
 
 
 @handle_errors
-@model_command(model="fasterrcnn_mobilenet_v3_large_fpn", tasks=("detection",), batch_size=2, workers=OMIT)
+@model_command(model="fasterrcnn_mobilenet_v3_large_fpn", tasks=("detection",), batch_size=2, workers=OMIT,
+               figures=True)
 def detect(
     images: ImagesArg,
     method: MethodOpt = "gradcam++",
@@ -64,7 +65,7 @@ def detect(
     opts = DetectOptions(method=method, layers=list(layer or []), ranks=list(detection or []), box=box,
                          target=target, min_iou=min_iou, score_threshold=score_threshold,
                          component=component.lower(), candidate_threshold=candidate_threshold, min_size=min_size,
-                         fmt=fmt.lower(), colormap=colormap, alpha=alpha)
+                         fmt=fmt.lower(), colormap=colormap, alpha=alpha, style=run.style)
     run_image_command(
         images, model_options, run, "detect",
         execute=lambda backbone, files, settings: run_detect(backbone, files, opts, run.out, settings),
@@ -75,7 +76,8 @@ def detect(
 
 
 @handle_errors
-@model_command(model="lraspp_mobilenet_v3_large", tasks=("segmentation",), batch_size=2, workers=OMIT)
+@model_command(model="lraspp_mobilenet_v3_large", tasks=("segmentation",), batch_size=2, workers=OMIT,
+               figures=True)
 def segment(
     images: ImagesArg,
     method: MethodOpt = "gradcam++",
@@ -97,7 +99,7 @@ def segment(
     from explain.detection.run import SegmentOptions, resolve_segment_options, run_segment
 
     opts = SegmentOptions(method=method, layers=list(layer or []), targets=list(target or []), mask=mask,
-                          fmt=fmt.lower(), colormap=colormap, alpha=alpha)
+                          fmt=fmt.lower(), colormap=colormap, alpha=alpha, style=run.style)
     run_image_command(
         images, model_options, run, "segment",
         execute=lambda backbone, files, settings: run_segment(backbone, files, opts, run.out, settings),

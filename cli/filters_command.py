@@ -21,7 +21,7 @@ AllOpt = Annotated[bool, typer.Option("--all", help="Show every channel (large l
 
 
 @handle_errors
-@model_command(tasks=ANY_TASK, batch_size=OMIT, workers=OMIT)
+@model_command(tasks=ANY_TASK, batch_size=OMIT, workers=OMIT, figures=True)
 def filters(
     layer: Annotated[list[str] | None, typer.Option(
         "--layer", "-l", help="Convolution(s) to draw ('cnn-explain layers'); repeatable. Default: the first "
@@ -53,7 +53,8 @@ def filters(
     from explain.manifest import begin_output
 
     opts = FilterOptions(layers=list(layer or []), view=view.lower(), norm=norm.lower(), sort=sort.lower(),
-                         channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower())
+                         channels=channels, in_channels=in_channels, limit=limit, show_all=all_, fmt=fmt.lower(),
+                         style=run.style)
     out = claim_output(run.out)  # before the model load
     backbone, _ = model_options.load()
     build_filter_grids(backbone, opts)  # every option checked before anything is written
@@ -73,7 +74,7 @@ def filters(
 
 
 @handle_errors
-@model_command()
+@model_command(figures=True)
 def activations(
     images: ImagesArg,
     layer: Annotated[str | None, typer.Option(
@@ -103,7 +104,7 @@ def activations(
     from explain.filters_run import ActivationOptions, resolve_activation_options, run_activations
 
     opts = ActivationOptions(layer=layer, top=top, channels=channels, show_all=all_, scale=scale.lower(),
-                             units=list(unit or []), colormap=colormap, fmt=fmt.lower())
+                             units=list(unit or []), colormap=colormap, fmt=fmt.lower(), style=run.style)
     plans: list[object] = []
 
     def prepare(backbone: object) -> None:  # every option checked before any work

@@ -27,7 +27,7 @@ CamLayerOpt = Annotated[list[str] | None, typer.Option(
 
 
 @handle_errors
-@model_command()
+@model_command(figures=True)
 def guided_backprop(
     images: ImagesArg,
     target: TargetOpt = None,
@@ -52,12 +52,13 @@ def guided_backprop(
 
     opts = GradientOptions(command="guided-backprop", targets=list(target or []), neurons=list(neuron or []),
                            unit=unit.lower(), rule=rule.lower(), with_cam=with_cam, layers=list(layer or []),
-                           signed=signed, fmt=fmt, colormap=colormap, seed=model_options.seed)
+                           signed=signed, fmt=fmt, colormap=colormap, seed=model_options.seed,
+                           style=run.style)
     _run(images, opts, model_options, run)
 
 
 @handle_errors
-@model_command()
+@model_command(figures=True)
 def saliency(
     images: ImagesArg,
     target: TargetOpt = None,
@@ -83,7 +84,7 @@ def saliency(
     opts = GradientOptions(command="saliency", targets=list(target or []), neurons=list(neuron or []),
                            unit=unit.lower(), samples=samples, noise=noise, times_input=times_input,
                            seed=model_options.seed,
-                           signed=signed, fmt=fmt, colormap=colormap)
+                           signed=signed, fmt=fmt, colormap=colormap, style=run.style)
     _run(images, opts, model_options, run)
 
 

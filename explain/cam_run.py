@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.errors import UsageError
-from explain.manifest import Manifest, write_bytes, write_figure, write_npy
+from explain.figures import FigureStyle
+from explain.manifest import Manifest, write_bytes, write_npy
 from explain.run import (
     RunSettings, class_target_record, for_each_batch, image_record, layer_slug, predictions_of, stem_map, target_slug,
 )
@@ -41,6 +42,7 @@ class CamOptions:
         colormap: matplotlib colour map name.
         alpha: heat opacity in the overlay.
         top_k: how many predicted classes each manifest item lists.
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`).
     """
 
     method: str = "gradcam++"
@@ -51,6 +53,7 @@ class CamOptions:
     colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
     top_k: int = 5
+    style: FigureStyle = FigureStyle()
 
 
 def _method_slug(method: str) -> str:
@@ -150,9 +153,9 @@ def _write_item(
         target = {"neuron": str(cam.target), "score": round(cam.score, 4)}
         what = f"neuron {cam.target} · value {cam.score:.3g}"
     layer_text = ", ".join(layers)
-    title = f"{loaded.display}\n{what} · {METHOD_TITLES.get(method, method)} at {layer_text}"
+    title = f"{opts.style.name(loaded.display)}\n{what} · {METHOD_TITLES.get(method, method)} at {layer_text}"
     fig = heatmap_panel(loaded.image, full, blended, title, opts.colormap)
-    write_figure(out / outputs["figure"], fig)
+    opts.style.save(out / outputs["figure"], fig)
     item = image_record(sample, prediction)
     item.update({"method": method, "layer": layers[0] if len(layers) == 1 else layers, "target": target,
                  "outputs": outputs})

@@ -8,11 +8,14 @@ maps default to :data:`DEFAULT_COLORMAP`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from explain.errors import UsageError
+from explain.manifest import write_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,6 +70,55 @@ def check_format(fmt: str) -> str:
     if value not in FORMATS:
         raise UsageError(f"unknown figure format {fmt!r}: choose png, svg or pdf")
     return value
+
+
+MIN_DPI, MAX_DPI = 30, 1200
+"""Bounds of :attr:`FigureStyle.dpi` (``--dpi``): below, text is unreadable; above, a figure is hundreds of MB."""
+
+
+@dataclass(frozen=True)
+class FigureStyle:
+    """How a command's figures are written: for the screen (the default) or for a paper.
+
+    Attributes:
+        dpi: resolution of PNG figures (and of the images inside SVG/PDF ones), pixels per inch.
+        title: draw each figure's title (input, target, method, layer); the panels keep their own labels.
+        title_path: name an input in titles by its path as given; ``False``: by its file name only, so that a
+            figure does not show the folders it came from.
+    """
+
+    dpi: int = 150
+    title: bool = True
+    title_path: bool = True
+
+    def check(self) -> FigureStyle:
+        """``self``, or a UsageError for a ``dpi`` outside [:data:`MIN_DPI`, :data:`MAX_DPI`]."""
+        if not MIN_DPI <= self.dpi <= MAX_DPI:
+            raise UsageError(f"--dpi must lie in [{MIN_DPI}, {MAX_DPI}] (got {self.dpi})")
+        return self
+
+    def name(self, display: str) -> str:
+        """An input's name for a figure title: its path as the user gave it, or only its file name."""
+        return display if self.title_path else PurePosixPath(display).name
+
+    def save(self, path: Path, figure: Any) -> Path:
+        """Write ``figure`` atomically (:func:`explain.manifest.write_figure`) at :attr:`dpi`; without
+        :attr:`title`, its title (the figure's ``suptitle`` and figure-level texts) is hidden and the blank band it
+        leaves is cropped."""
+        if not self.title:
+            hide_titles(figure)
+        return write_figure(path, figure, dpi=self.dpi, tight=not self.title)
+
+
+def hide_titles(figure: Any) -> None:
+    """Hide a figure's own title: its ``suptitle`` and the texts placed on the figure itself (titles drawn with
+    ``fig.text``); axes titles (panel labels) stay."""
+    titles = list(figure.texts)
+    if figure.get_suptitle():
+        titles.append(figure.suptitle(""))  # returns the existing title's Text
+    for text in titles:
+        text.set_visible(False)
+        text.set_in_layout(False)
 
 
 def draw_unit_box(ax: Any, box: Sequence[float], colour: str = "#ffd400", style: str = "-") -> Any:

@@ -28,7 +28,8 @@ import numpy as np
 
 from explain.device import model_device
 from explain.errors import LayerError, UsageError
-from explain.manifest import Manifest, write_figure, write_npy
+from explain.figures import FigureStyle
+from explain.manifest import Manifest, write_npy
 from explain.run import layer_slug
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ class FilterOptions:
         limit: output channels drawn by default.
         show_all: draw every channel.
         fmt: figure format (png, svg, pdf).
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`).
     """
 
     layers: list[str] = field(default_factory=list)
@@ -84,6 +86,7 @@ class FilterOptions:
     limit: int | None = None
     show_all: bool = False
     fmt: str = "png"
+    style: FigureStyle = FigureStyle()
 
 
 def build_filter_grids(backbone: Backbone, opts: FilterOptions) -> list[FilterGrid]:
@@ -125,7 +128,7 @@ def run_filters(backbone: Backbone, opts: FilterOptions, out_dir: str | Path, ar
         outputs[values_key] = f"{base}_{values_key}.npy" if grid.kind != "norms" else f"{base}.npy"
         write_npy(out / outputs["weights"], grid.weight)
         write_npy(out / outputs[values_key], grid.tiles)
-        write_figure(out / outputs["figure"], filter_figure(grid))
+        opts.style.save(out / outputs["figure"], filter_figure(grid))
         item: dict[str, Any] = {"input": None, **grid.as_dict(), "outputs": outputs}
         item["filter_norms"] = [round(float(v), 6) for v in grid.filter_norms[grid.channels]]
         manifest.items.append(item)
@@ -153,6 +156,7 @@ class ActivationOptions:
         erf_colormap: colour map of the effective receptive fields.
         fmt: figure format.
         top_k: predicted classes listed per item.
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`).
     """
 
     layer: str | None = None
@@ -165,6 +169,7 @@ class ActivationOptions:
     erf_colormap: str = "inferno"
     fmt: str = "png"
     top_k: int = 5
+    style: FigureStyle = FigureStyle()
 
 
 @dataclass
@@ -352,9 +357,9 @@ def _activation_item(
     else:
         how = f"top {len(channels)} of {c} channels by mean activation"
     scale_text = "shared colour scale" if opts.scale == "shared" else "colour scale per tile (min..max of each)"
-    title = f"{sample.loaded.display} · {plan.layer} ({c}x{h}x{w})\n{how} · {scale_text}"
+    title = f"{opts.style.name(sample.loaded.display)} · {plan.layer} ({c}x{h}x{w})\n{how} · {scale_text}"
     fig = activation_figure(image01, shown, channels, title, scale=opts.scale, colormap=opts.colormap)
-    write_figure(out / outputs["figure"], fig)
+    opts.style.save(out / outputs["figure"], fig)
     item = _base_item(sample, prediction)
     item.update({
         "method": "activations", "layer": plan.layer, "shape": [c, h, w], "scale": opts.scale,
@@ -383,11 +388,11 @@ def _unit_item(
     write_npy(out / outputs["erf"], erf)
     rf_h, rf_w = row.receptive_field
     jump = f", jump {row.jump[1]:g} px" if row.jump else ""
-    title = (f"{sample.loaded.display} · unit {unit} (value {value:.3g}) · "
+    title = (f"{opts.style.name(sample.loaded.display)} · unit {unit} (value {value:.3g}) · "
              f"theoretical receptive field {rf_w}x{rf_h} px{jump}")
     fig = receptive_field_figure(image01, erf, clipped, centre, title, stats, colormap=opts.erf_colormap,
                                  rf_size=(rf_h, rf_w))
-    write_figure(out / outputs["figure"], fig)
+    opts.style.save(out / outputs["figure"], fig)
     item = _base_item(sample, prediction)
     item.update({
         "method": "receptive-field", "layer": unit.layer, "unit": str(unit), "value": round(value, 6),

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import UsageError
-from explain.figures import DEFAULT_COLORMAP, box_beyond_note, draw_unit_box
-from explain.manifest import Manifest, safe_stem, write_bytes, write_figure, write_npy
+from explain.figures import DEFAULT_COLORMAP, FigureStyle, box_beyond_note, draw_unit_box
+from explain.manifest import Manifest, safe_stem, write_bytes, write_npy
 from explain.run import (
     RunSettings, class_target_record, for_each_batch, image_record, predictions_of, stem_map, target_slug,
 )
@@ -284,6 +284,7 @@ class GradientOptions:
         fmt: panel figure format: png, svg or pdf.
         colormap: diverging colour map of the signed map.
         top_k: how many predicted classes each manifest item lists.
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`).
     """
 
     command: str = "guided-backprop"
@@ -301,6 +302,7 @@ class GradientOptions:
     fmt: str = "png"
     colormap: str = "RdBu_r"
     top_k: int = 5
+    style: FigureStyle = FigureStyle()
 
 
 @dataclass
@@ -514,7 +516,7 @@ def _write_item(
                     target["receptive_field"]["global_context"] = True
         chosen = " (highest unit)" if gmap.unit_choice == "max" else ""
         what = f"neuron {neuron}{chosen} · value {gmap.score:.3g}"
-    lines = [loaded.display, f"{what} · {title_method}"]
+    lines = [opts.style.name(loaded.display), f"{what} · {title_method}"]
     if result.rectifiers is not None:
         total = sum(result.rectifiers.values())
         kinds = ", ".join(f"{k} {v}" for k, v in result.rectifiers.items() if v)
@@ -527,7 +529,7 @@ def _write_item(
     fig = gradient_panel(model_input, gradient, "\n".join(lines), title_method, signed=opts.signed,
                          colormap=opts.colormap, box=box, cam=gmap.cam, cam_title=cam_title, rf_size=rf_size,
                          times_input=result.times_input)
-    write_figure(out / outputs["figure"], fig)
+    opts.style.save(out / outputs["figure"], fig)
 
     item = image_record(sample, prediction)
     item.update({"method": method, "target": target, "outputs": outputs})

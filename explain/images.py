@@ -304,9 +304,9 @@ def find_images(
 
     Returns:
         The image files in order, and one :class:`InputError` per input that does not exist (reason
-        ``"no such file or folder"``; :data:`URL_REASON` for a URL), is a broken symbolic link or a link loop, is neither a file nor a folder, or
-        per folder that cannot be read. An empty folder contributes nothing and no error; whether that is a problem
-        is for the caller to decide.
+        ``"no such file or folder"``; :data:`URL_REASON` for a URL), is a broken symbolic link or a link loop, is
+        neither a file nor a folder, or per folder that cannot be read. An empty folder contributes nothing and no
+        error; whether that is a problem is for the caller to decide.
     """
     found: list[ImageFile] = []
     errors: list[InputError] = []

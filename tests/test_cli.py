@@ -450,3 +450,48 @@ def test_progress_bars_show_a_time_left_even_when_steps_are_slow() -> None:
     clock[0] = 130.0
     advance_with_eta(progress, resumed, 1)
     assert str(columns[-1].render(progress.tasks[1])) == "eta 0:00:30"
+
+
+# --- paper-ready figures -----------------------------------------------------------------------------------
+
+def _svg_texts(path: Path) -> list[str]:
+    """The texts drawn in a matplotlib SVG (each glyph run is preceded by its text as an XML comment)."""
+    import re
+
+    return re.findall(r"<!-- (.*?) -->", path.read_text(encoding="utf-8"))
+
+
+def _figure_of(out: Path) -> Path:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return out / manifest["items"][0]["outputs"]["figure"]
+
+
+def test_dpi_sets_the_pixel_size_of_figures(samples: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    photo = str(samples / "chelsea.png")
+    sizes = {}
+    for dpi in ("150", "75"):
+        args = ("--dpi", dpi) if dpi != "150" else ()
+        assert run("cam", photo, "-o", str(tmp_path / dpi), "-q", *args).exit_code == 0
+        sizes[dpi] = Image.open(_figure_of(tmp_path / dpi)).size
+    assert sizes["75"] == (sizes["150"][0] // 2, sizes["150"][1] // 2)
+    result = run("cam", photo, "-o", str(tmp_path / "bad"), "--dpi", "5")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: --dpi must lie in [30, 1200] (got 5)"
+
+
+@pytest.mark.parametrize("command", [("cam",), ("guided-backprop",), ("activations", "-l", "_blocks.5")])
+def test_no_title_and_no_title_path(command: tuple[str, ...], samples: Path, tmp_path: Path) -> None:
+    """--no-title: the figure's title is not drawn (panel labels stay); --no-title-path: the file name without its
+    folders."""
+    photo = str(samples / "chelsea.png")
+    texts = {}
+    for flag in ("--title", "--no-title", "--no-title-path"):
+        out = tmp_path / flag
+        assert run(*command, photo, "-o", str(out), "-q", "--format", "svg", flag).exit_code == 0
+        texts[flag] = " ".join(_svg_texts(_figure_of(out)))
+    what = "_blocks.5 (80x14x14)" if command[0] == "activations" else "tiger cat"
+    assert photo in texts["--title"] and what in texts["--title"]
+    assert "chelsea" not in texts["--no-title"] and what not in texts["--no-title"]
+    assert "model input" in texts["--no-title"] or "input" in texts["--no-title"]  # panel labels stay
+    assert "chelsea.png" in texts["--no-title-path"] and str(samples) not in texts["--no-title-path"]

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import InputError, ModelError, UsageError
-from explain.manifest import Manifest, write_bytes, write_figure, write_npy
+from explain.figures import FigureStyle
+from explain.manifest import Manifest, write_bytes, write_npy
 from explain.run import RunSettings, layer_slug, stem_map
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class DetectOptions:
         fmt: panel format (``png``, ``svg``, ``pdf``).
         colormap: matplotlib colour map for CAMs.
         alpha: heat opacity over the photo.
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`).
     """
 
     method: str = "gradcam++"
@@ -66,6 +68,7 @@ class DetectOptions:
     fmt: str = "png"
     colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
+    style: FigureStyle = FigureStyle()
 
 
 @dataclass
@@ -78,7 +81,7 @@ class SegmentOptions:
         targets: classes (index or name); empty: every predicted class except the background.
         mask: an image file whose non-black pixels form the region (resized to the model input); ``None``: the
             pixels predicted as the class.
-        fmt, colormap, alpha: as for ``detect``.
+        fmt, colormap, alpha, style: as for ``detect``.
     """
 
     method: str = "gradcam++"
@@ -88,6 +91,7 @@ class SegmentOptions:
     fmt: str = "png"
     colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
+    style: FigureStyle = FigureStyle()
 
 
 def _require_task(backbone: Backbone, task: str, command: str) -> None:
@@ -306,11 +310,11 @@ def _write_detection(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m
     write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), d)))
     name = backbone.class_names[d.label]
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else " (dY/dphoto)")
-    title = (f"{loaded.display}\n#{d.rank + 1} {name} · confidence {d.score:.2f} · explained: "
+    title = (f"{opts.style.name(loaded.display)}\n#{d.rank + 1} {name} · confidence {d.score:.2f} · explained: "
              f"{COMPONENT_TEXT[m.component]} = {m.value:.3g}")
     label = f"{METHOD_TITLES[method]} of the {COMPONENT_TEXT[m.component]}, normalised"
-    write_figure(out / outputs["figure"], detection_panel(boxes, shown, d, title, where,
-                                                          None if m.gradient is not None else opts.colormap, label))
+    opts.style.save(out / outputs["figure"], detection_panel(boxes, shown, d, title, where,
+                                                             None if m.gradient is not None else opts.colormap, label))
     item = _image_record(loaded, geometry)
     item.update({
         "prediction": None, "method": method, "layer": layers[0] if len(layers) == 1 else layers,
@@ -447,11 +451,11 @@ def _write_mask(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m: Seg
     write_bytes(out / outputs["overlay"], _png(to_pil(blend(loaded.image, full, opts.colormap, opts.alpha))))
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else "")
     region_text = "pixels predicted as it" if m.region == "predicted" else "the given mask"
-    title = (f"{loaded.display}\nclass {m.target} {name}: sum of its logits over {region_text} "
+    title = (f"{opts.style.name(loaded.display)}\nclass {m.target} {name}: sum of its logits over {region_text} "
              f"({m.pixels} px of the model's {m.mask.shape[1]}x{m.mask.shape[0]} output) = {m.value:.4g}")
     fig = segmentation_panel(loaded.image, predicted, backbone.class_names, full, region, title,
                              f"{where} (white: the region)", opts.colormap)
-    write_figure(out / outputs["figure"], fig)
+    opts.style.save(out / outputs["figure"], fig)
     item = _image_record(loaded, geometry)
     item.update({"prediction": None, "method": method, "layer": layers[0] if len(layers) == 1 else layers,
                  "target": {"index": m.target, "name": name, "score": round(m.value, 4), "region": m.region,
