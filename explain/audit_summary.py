@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["GROUP_METRICS", "MIN_GROUP_SIZE", "PER_IMAGE_METRICS", "describe_gap", "group_count", "group_gaps",
+__all__ = ["CONFIDENT_PROB", "GROUP_METRICS", "MIN_GROUP_SIZE", "PER_IMAGE_METRICS", "describe_gap", "group_count", "group_gaps",
            "group_summary", "right_for_wrong_reason", "small_group_warnings", "summarize", "worst_examples"]
 
 GROUP_METRICS: tuple[str, ...] = ("accuracy", "mean_prob", "mean_true_prob", "mean_energy_in_box",
@@ -35,6 +35,8 @@ GROUP_METRICS: tuple[str, ...] = ("accuracy", "mean_prob", "mean_true_prob", "me
 PER_IMAGE_METRICS: frozenset[str] = frozenset({"false_positives_per_image"})
 #: Groups smaller than this get a warning: a rate over a handful of images says little.
 MIN_GROUP_SIZE = 10
+#: A "confident mistake" gave the wrong class at least this probability.
+CONFIDENT_PROB = 0.5
 
 
 def _values(records: Iterable[dict[str, Any]], key: str) -> list[float]:
@@ -253,9 +255,12 @@ def _ranked(records: Sequence[dict[str, Any]], keep: Callable[[dict[str, Any]], 
 
 
 def worst_examples(records: Sequence[dict[str, Any]], n: int) -> dict[str, list[str]]:
-    """Paths of the worst examples: confident mistakes, right for the wrong reason, least faithful maps."""
+    """Paths of the worst examples: confident mistakes (a wrong class with probability >= :data:`CONFIDENT_PROB`,
+    most confident first), right for the wrong reason, least faithful maps."""
     return {
-        "confident_mistakes": _ranked(records, lambda r: not r["correct"], lambda r: float(r["prob"] or 0.0), n),
+        "confident_mistakes": _ranked(
+            records, lambda r: not r["correct"] and float(r["prob"] or 0.0) >= CONFIDENT_PROB,
+            lambda r: float(r["prob"] or 0.0), n),
         "right_for_wrong_reason": [r["path"] for r in right_for_wrong_reason(records)[:n]],
         "least_faithful": _ranked(
             records,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from explain.audit_summary import describe_gap, group_count
+from explain.audit_summary import CONFIDENT_PROB, describe_gap, group_count
 from explain.figures import format_prob
 from explain.html import Markup, esc, figure_data_uri, img, join, page, table
 
@@ -205,6 +205,16 @@ def _tick(name: str, group: dict[str, Any]) -> str:
     return f"{name if len(name) <= 18 else name[:17] + '…'} (n={group_count(group)[0]})"
 
 
+def _mark_empty_bars(ax: Any, where: Sequence[float], values: Sequence[float | None], colour: Any) -> bool:
+    """Tell apart the bars a reader cannot see: a zero gets a "0" in its bar's colour, a missing value a grey
+    "n/a" (both draw nothing otherwise). Returns whether any value was missing."""
+    for x, value in zip(where, values):
+        if value is None or value == 0:
+            ax.text(x, 0.01, "n/a" if value is None else "0", ha="center", va="bottom", fontsize=7,
+                    rotation=90 if value is None else 0, color="0.45" if value is None else colour)
+    return any(value is None for value in values)
+
+
 def _group_plot(column: str, groups: dict[str, dict[str, Any]],
                 metrics: Sequence[str] = ("accuracy", "mean_true_prob", "mean_energy_in_box")) -> Markup:
     import numpy as np
@@ -215,13 +225,17 @@ def _group_plot(column: str, groups: dict[str, dict[str, Any]],
     ax = fig.subplots()
     width = 0.8 / max(1, len(metrics))
     x = np.arange(len(names))
+    missing = False
     for j, metric in enumerate(metrics):
-        values = [groups[n][metric] if groups[n][metric] is not None else float("nan") for n in names]
-        ax.bar(x + (j - (len(metrics) - 1) / 2) * width, values, width, label=metric.replace("_", " "))
+        values = [groups[n][metric] for n in names]
+        where = x + (j - (len(metrics) - 1) / 2) * width
+        bars = ax.bar(where, [float("nan") if v is None else v for v in values], width,
+                      label=metric.replace("_", " "))
+        missing |= _mark_empty_bars(ax, where, values, bars.patches[0].get_facecolor())
     ax.set_xticks(x, [_tick(n, groups[n]) for n in names], rotation=20 if len(names) > 4 else 0)
     ax.set_ylim(0, 1.2)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
-    ax.set_title(f"by {column}", fontsize=10)
+    ax.set_title(f"by {column}" + (" (n/a: no data)" if missing else ""), fontsize=10)
     ax.legend(frameon=False, fontsize=8, ncols=len(metrics), loc="upper center")
     return _plot(fig, f"per-group metrics by {column}")
 
@@ -268,11 +282,14 @@ def _plots(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Markup
 
 def _groups(summary: dict[str, Any]) -> Markup:
     parts: list[Markup] = []
+    columns = [("images", "n"), ("accuracy", "accuracy"), ("mean prob", "mean_prob"),
+               ("mean true prob", "mean_true_prob")]
+    if summary["localisation"]["images_with_box"]:  # without --boxes these two would be empty
+        columns += [("energy in box", "mean_energy_in_box"), ("pointing", "pointing_accuracy")]
     for column, block in summary["groups"].items():
         groups = block["groups"]
-        rows = [[name, g["n"], g["accuracy"], g["mean_prob"], g["mean_true_prob"], g["mean_energy_in_box"],
-                 g["pointing_accuracy"]] for name, g in groups.items()]
-        headers = [column, "images", "accuracy", "mean prob", "mean true prob", "energy in box", "pointing"]
+        rows = [[name, *(g[key] for _, key in columns)] for name, g in groups.items()]
+        headers = [column, *(header for header, _ in columns)]
         gaps = [describe_gap(metric, gap) for metric, gap in block["gap"].items()]
         parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
                   Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
@@ -295,7 +312,7 @@ def _caption(record: dict[str, Any]) -> str:
 
 
 _WORST_TITLES = {
-    "confident_mistakes": "Confident mistakes",
+    "confident_mistakes": f"Confident mistakes (wrong class at p >= {CONFIDENT_PROB:g})",
     "right_for_wrong_reason": "Right for the wrong reason",
     "least_faithful": "Least faithful maps (deletion worse than random)",
 }
@@ -316,7 +333,8 @@ def _worst(summary: dict[str, Any], records: Sequence[dict[str, Any]], overlays:
                   Markup(f'<div class="grid">{join(figures)}</div>')]
     if not parts:
         return Markup("")
-    note = Markup('<p class="muted">Grad-CAM++ of the predicted class; boxes in green.</p>')
+    boxes = "; boxes in green" if summary["localisation"]["images_with_box"] else ""
+    note = Markup(f'<p class="muted">Grad-CAM++ of the predicted class{boxes}.</p>')
     return Markup(f"<h2>Worst examples</h2>{note}{join(parts)}")
 
 
