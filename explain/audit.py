@@ -32,14 +32,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_inputs import AuditInputs, load_audit_inputs
-from explain.audit_task import AuditTask, ClassificationSettings, ClassificationTask
+from explain.audit_task import AuditTask, ClassificationSettings, ClassificationTask, sanity_sample
 from explain.errors import UsageError
 from explain.manifest import Manifest, write_text
 
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
     from explain.run import RunSettings
 
 __all__ = ["JOURNAL", "AuditOptions", "AuditResult", "Journal", "JournalMismatchError", "base_config", "file_sha256",
-           "run_audit", "run_journaled"]
+           "run_audit", "run_journaled", "sanity_sample"]
 
 JOURNAL = "audit-journal.jsonl"
 JOURNAL_VERSION = 1
@@ -239,13 +238,6 @@ def _model_identity(backbone: Backbone) -> dict[str, Any]:
     return {"name": backbone.name, "weights_sha256": sha, "preprocess": backbone.preprocess.as_dict()}
 
 
-def sanity_sample(keys: Sequence[str], n: int, seed: int) -> frozenset[str]:
-    """A seeded sample of ``n`` paths (all of them when there are fewer)."""
-    if n >= len(keys):
-        return frozenset(keys)
-    return frozenset(random.Random(seed).sample(sorted(keys), n))
-
-
 def base_config(task: AuditTask, backbone: Backbone, inputs: AuditInputs, batch_size: int) -> dict[str, Any]:
     """What every audit's journal must match, whatever the task: the task's own configuration, the model, the
     batch size and the dataset listing (the caller adds the hashes of its ground-truth files)."""
@@ -315,8 +307,10 @@ def _run_final(task: AuditTask, inputs: AuditInputs, journal: Journal, preproces
 
     from explain.data import iter_batches
 
-    wanted = set(task.final_keys())
-    if journal.final is not None or not wanted:
+    if journal.final is not None:
+        return
+    wanted = set(task.final_keys([r["path"] for r in journal.records()]))  # a sample of the readable images
+    if not wanted:
         return
     key_of = {f.display: k for f, k in zip(inputs.files, inputs.keys, strict=True)}
     files = [f for f, k in zip(inputs.files, inputs.keys, strict=True) if k in wanted]
@@ -406,7 +400,7 @@ def classification_task(backbone: Backbone, inputs: AuditInputs, opts: AuditOpti
     """The default task factory: a :class:`ClassificationTask` configured from ``opts``."""
     opts.check_shift(backbone.input_size)
     settings = ClassificationSettings(layer=opts.layer or backbone.default_layer, steps=opts.steps, shift=opts.shift,
-                                      sanity=sanity_sample(inputs.keys, opts.sanity, opts.seed), seed=opts.seed,
+                                      sanity=opts.sanity, seed=opts.seed,
                                       randomisation=opts.randomisation, cascade=opts.cascade)
     return ClassificationTask(backbone, inputs, settings, device)
 

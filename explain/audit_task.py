@@ -33,6 +33,7 @@ https://arxiv.org/abs/1710.11063, at the model-input resolution, via :mod:`expla
 from __future__ import annotations
 
 import abc
+import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,8 +94,13 @@ class AuditTask(abc.ABC):
         """
         return preprocess
 
-    def final_keys(self) -> list[str]:
-        """The images the dataset-level step (:meth:`final`) needs, sorted; none (the default): no such step."""
+    def final_keys(self, readable: Sequence[str]) -> list[str]:
+        """The images the dataset-level step (:meth:`final`) needs, sorted; none (the default): no such step.
+
+        Args:
+            readable: the keys of the images every batch could read (those with a record), so that a sample is
+                drawn from images that can be explained.
+        """
         return []
 
     def final(self, x: torch.Tensor | None, keys: Sequence[str],
@@ -112,6 +118,13 @@ class AuditTask(abc.ABC):
         """Copy what :meth:`final` found about single images into their ``records`` (in place)."""
 
 
+def sanity_sample(keys: Sequence[str], n: int, seed: int) -> frozenset[str]:
+    """A seeded sample of ``n`` paths (all of them when there are fewer); the order of ``keys`` does not matter."""
+    if n >= len(keys):
+        return frozenset(keys)
+    return frozenset(random.Random(seed).sample(sorted(keys), n))
+
+
 @dataclass(frozen=True)
 class ClassificationSettings:
     """The knobs of a classification audit.
@@ -120,7 +133,8 @@ class ClassificationSettings:
         layer: dotted name of the layer Grad-CAM++ explains at.
         steps: deletion/insertion steps (``S + 1`` forward passes per curve and image); 0 disables faithfulness.
         shift: translation in pixels of the model input; 0 disables the translation test.
-        sanity: the paths of the images of the sanity sample (empty: no sanity check).
+        sanity: how many images get the sanity check (0: none): a seeded sample of the readable ones
+            (:func:`sanity_sample`), drawn once every batch is done.
         seed: seed of the random baseline maps and of the randomised network.
         randomisation: the sanity check's randomisation scheme (:func:`explain.metrics.randomized_model`).
         cascade: run the sanity check's whole cascade, or only the full randomisation.
@@ -134,7 +148,7 @@ class ClassificationSettings:
     layer: str
     steps: int = 8
     shift: int = 8
-    sanity: frozenset[str] = frozenset()
+    sanity: int = 0
     seed: int = 0
     randomisation: str = "recalibrated"
     cascade: bool = True
@@ -174,7 +188,7 @@ class ClassificationTask(AuditTask):
     def config(self) -> dict[str, Any]:
         s = self.settings
         return {"task": self.name, "method": METHOD, "sanity_reference": REFERENCE_METHOD, "layer": s.layer,
-                "steps": s.steps, "shift": s.shift, "sanity": sorted(s.sanity), "seed": s.seed,
+                "steps": s.steps, "shift": s.shift, "sanity": s.sanity, "seed": s.seed,
                 "randomisation": s.randomisation, "cascade": s.cascade, "tolerance": s.tolerance}
 
     # --- the batch --------------------------------------------------------------------------------------------
@@ -320,8 +334,8 @@ class ClassificationTask(AuditTask):
                        shift_peak_move=rounded(moved[i]))
 
     # --- the sanity check, once for the whole sample ------------------------------------------------------------
-    def final_keys(self) -> list[str]:
-        return sorted(self.settings.sanity)
+    def final_keys(self, readable: Sequence[str]) -> list[str]:
+        return sorted(sanity_sample(readable, self.settings.sanity, self.settings.seed))
 
     def final(self, x: torch.Tensor | None, keys: Sequence[str],
               advance: Callable[[int], None] | None = None) -> dict[str, Any]:
