@@ -41,8 +41,6 @@ line) and, for a row that names an image, a note on that image (:attr:`BoxFile.n
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import posixpath
@@ -52,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from explain.csvfile import ConflictingRows, csv_rows, read_text
 from explain.errors import InputError, TargetError, UsageError
 
 if TYPE_CHECKING:
@@ -232,36 +231,6 @@ def relative_key(raw: str) -> str:
     return PurePosixPath(text).as_posix() if text else ""
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise UsageError(f"cannot read the {what} file {str(path)!r}: {reason}") from None
-
-
-def _csv_rows(path: Path, what: str, needs: str) -> tuple[list[str], list[tuple[int, dict[str, str], int]]]:
-    """Header and ``(line number, row, number of fields on the line)`` of a CSV with a ``path`` column.
-
-    A short row's missing fields read as ``""``; a long row's extra fields are dropped (the field count tells both).
-
-    Raises:
-        UsageError: unreadable file, or no ``path`` column.
-    """
-    reader = csv.DictReader(io.StringIO(_read_text(path, what)))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    if "path" not in columns:
-        raise UsageError(f"the {what} file {str(path)!r} needs a header with the columns {needs} "
-                         f"(found: {', '.join(columns) or 'nothing'})")
-    reader.fieldnames = columns
-    rows = []
-    for row in reader:
-        present = sum(1 for k, v in row.items() if isinstance(k, str) and v is not None)
-        values = {k: (v or "").strip() for k, v in row.items() if isinstance(k, str)}
-        rows.append((reader.line_num, values, present + len(row.get(None) or [])))  # type: ignore[call-overload]
-    return columns, rows
-
-
 def _label_from_row(row: dict[str, str], column: str, class_names: Sequence[str]) -> tuple[int, ...]:
     """The accepted indices of one labels row (raises TargetError for an unknown class or bad index)."""
     from explain.targets import resolve_class
@@ -289,18 +258,19 @@ def parse_labels(path: Path, class_names: Sequence[str]) -> LabelFile:
 
     Returns:
         The labels and one :class:`InputError` per bad row (empty or unknown class, index out of range, the same
-        path labelled twice with different classes).
+        path labelled twice with different classes: that path is refused, naming both lines).
 
     Raises:
         UsageError: unreadable file, no ``path`` column, or none of the label columns.
     """
     needs = "path plus one of imagenet_ids, class_index, class_name"
-    columns, rows = _csv_rows(path, "labels", needs)
+    columns, rows = csv_rows(path, "labels", needs)
     column = next((c for c in ("imagenet_ids", "class_index", "class_name") if c in columns), None)
     if column is None:
         raise UsageError(f"the labels file {str(path)!r} needs a header with the columns {needs} "
                          f"(found: {', '.join(columns)})")
     result = LabelFile(source=Path(path).name)
+    duplicates = ConflictingRows(result.source, "classes")
     for line, row, _ in rows:
         key = relative_key(row.get("path", ""))
         if not key:
@@ -311,13 +281,13 @@ def parse_labels(path: Path, class_names: Sequence[str]) -> LabelFile:
             result.errors.append(InputError(key, f"{result.source} line {line}: {exc}"))
             continue
         name = row.get("class_name") or class_names[indices[0]]
-        label = TrueLabel(indices, name)
-        previous = result.labels.get(key)
-        if previous is not None and previous.indices != indices:
-            result.errors.append(InputError(key, f"{result.source} line {line}: labelled twice with different "
-                                                 f"classes ({previous.name} and {name})"))
-            continue
-        result.labels[key] = label
+        shown = f"{column} {row[column]}" + (f" ({name})" if column != "class_name" else "")
+        conflict = duplicates.add(key, line, frozenset(indices), shown)
+        if conflict is not None:
+            result.errors.append(InputError(key, f"{conflict}; it is not audited"))
+            result.labels.pop(key, None)
+        elif key not in duplicates.refused:
+            result.labels[key] = TrueLabel(indices, name)
     return result
 
 
@@ -390,7 +360,7 @@ def _csv_box(row: dict[str, str], fields: int, columns: Sequence[str]) -> Box | 
 
 
 def _boxes_csv(path: Path) -> BoxFile:
-    columns, rows = _csv_rows(path, "boxes", "path,x0,y0,x1,y1")
+    columns, rows = csv_rows(path, "boxes", "path,x0,y0,x1,y1")
     missing = [c for c in _CORNERS if c not in columns]
     if missing:
         raise UsageError(f"the boxes file {str(path)!r} needs the columns path,x0,y0,x1,y1 "
@@ -475,7 +445,7 @@ def _coco_category(ann: dict[str, Any], categories: dict[Any, str]) -> str | Non
 
 def _boxes_coco(path: Path) -> BoxFile:
     try:
-        data = json.loads(_read_text(path, "boxes"))
+        data = json.loads(read_text(path, "boxes"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"the boxes file {str(path)!r} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
@@ -547,7 +517,7 @@ def parse_groups(path: Path, per_object: bool = False) -> GroupFile:
     Raises:
         UsageError: unreadable file, no ``path`` column or no attribute column.
     """
-    columns, rows = _csv_rows(path, "groups", "path,group (or path plus several attribute columns)")
+    columns, rows = csv_rows(path, "groups", "path,group (or path plus several attribute columns)")
     keys = ("path", "object_id") if per_object else ("path",)
     attributes = [c for c in columns if c and c not in keys]
     if not attributes:

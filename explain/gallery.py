@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explain.csvfile import ConflictingRows, csv_rows
 from explain.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -382,10 +383,12 @@ def parse_labels(source: LabelSource, root: Path, paths: Sequence[str]) -> tuple
 
     ``folders``: the first sub-folder of each path is its label (files directly in the gallery folder have none).
     ``csv``: columns ``path`` and ``label`` (header required), optional ``class_name``; other columns are ignored.
-    Paths are relative to the gallery folder (absolute paths inside it work too).
+    Paths are relative to the gallery folder (absolute paths inside it work too). A path listed twice with different
+    labels (or class names) is refused, whether or not it is a gallery image: neither row is more likely right.
 
     Raises:
-        UsageError: the CSV cannot be read or lacks the columns.
+        UsageError: the CSV cannot be read, lacks the columns, or gives a path different labels (the message
+            names the lines, the paths and the labels).
     """
     if source.kind == "folders":
         labels = {}
@@ -395,31 +398,30 @@ def parse_labels(source: LabelSource, root: Path, paths: Sequence[str]) -> tuple
                 labels[p] = (parts[0], parts[0])
         return labels, []
     assert source.path is not None
-    try:
-        text = source.path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise UsageError(f"cannot read labels from {str(source.path)!r}: {reason}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    if "path" not in columns or "label" not in columns:
-        raise UsageError(f"labels file {str(source.path)!r} needs a header with the columns path,label[,class_name] "
-                         f"(found: {', '.join(columns) or 'nothing'})")
-    reader.fieldnames = columns
+    _, rows = csv_rows(source.path, "labels", "path,label[,class_name]", required=("path", "label"))
     labels: dict[str, tuple[str, str | None]] = {}
     unknown = 0
     wanted = set(paths)
     root_abs = root.resolve()
-    for row in reader:
-        raw = (row.get("path") or "").strip()
-        label = (row.get("label") or "").strip()
+    duplicates = ConflictingRows(source.path.name, "labels")
+    conflicts = []
+    for line, row, _ in rows:
+        raw, label = row.get("path", ""), row.get("label", "")
         if not raw or not label:
             continue
         rel = _relative_label_path(raw, root_abs)
+        value = (label, row.get("class_name") or None)
+        shown = repr(label) + (f" (class_name {value[1]!r})" if value[1] else "")
+        conflict = duplicates.add(rel, line, value, shown)
+        if conflict is not None:
+            conflicts.append(f"{rel}: {conflict}")
         if rel not in wanted:
             unknown += 1
             continue
-        labels[rel] = (label, (row.get("class_name") or "").strip() or None)
+        labels[rel] = value
+    if conflicts:
+        raise UsageError(f"--labels {str(source.path)!r} gives {len(conflicts)} path(s) different labels ("
+                         f"{'; '.join(conflicts[:3])}{'; ...' if len(conflicts) > 3 else ''}): keep one row per image")
     warnings = []
     if unknown:
         warnings.append(f"{unknown} row(s) of {source.path.name} name files that are not (readable) gallery images")
@@ -811,6 +813,8 @@ def build_index(
     resolve_layer(backbone.model, layer)
     model_record = backbone_record(backbone, weights_arg)
     source = LabelSource.parse(labels)
+    if labels is not None and source is not None:
+        parse_labels(source, root, ())  # a bad labels file is refused before anything is embedded
 
     old: FeatureIndex | None = None
     folder = Path(out_dir) if out_dir is not None else None

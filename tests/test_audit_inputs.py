@@ -41,14 +41,25 @@ def test_class_names_resolve_exactly_or_by_unique_prefix_and_bad_rows_are_per_ro
 
 
 def test_class_index_out_of_range_and_conflicting_duplicates_are_errors(tmp_path: Path) -> None:
-    text = "path,class_index\n1.jpg,4\n2.jpg,5\n1.jpg,3\n3.jpg,x\n"
+    text = "path,class_index\n1.jpg,4\n2.jpg,5\n1.jpg,3\n3.jpg,x\n4.jpg,4\n1.jpg,4\n"
     labels = parse_labels(write(tmp_path / "l.csv", text), NAMES)
-    assert labels.labels["1.jpg"].indices == (4,)
-    assert labels.labels["1.jpg"].name == "dalmatian"  # no class_name column: the model's name
-    reasons = sorted(e.reason for e in labels.errors)
-    assert any("out of range" in r for r in reasons)
-    assert any("labelled twice" in r for r in reasons)
-    assert any("not a class index" in r for r in reasons)
+    assert "1.jpg" not in labels.labels  # neither row is trusted over the other
+    assert labels.labels["4.jpg"].name == "dalmatian"  # no class_name column: the model's name
+    reasons = {e.path: e.reason for e in labels.errors}
+    assert "out of range" in reasons["2.jpg"] and "not a class index" in reasons["3.jpg"]
+    assert reasons["1.jpg"] == ("l.csv lines 2 and 4 give it different classes: class_index 4 (dalmatian) and "
+                                "class_index 3 (great white shark); it is not audited")
+    assert len(labels.errors) == 3  # one error for 1.jpg, though line 7 repeats line 2
+
+
+def test_conflicting_imagenet_ids_name_the_lines_and_the_ids(tmp_path: Path) -> None:
+    """Issue 15: the message read 'different classes (accordion and accordion)' for ids 401 and 1."""
+    text = "path,class_name,imagenet_ids\na.jpg,accordion,401\nb.jpg,cat,0;1\na.jpg,accordion,1\nb.jpg,cat,1;0\n"
+    labels = parse_labels(write(tmp_path / "l.csv", text), NAMES * 100)
+    assert [(e.path, e.reason) for e in labels.errors] == [
+        ("a.jpg", "l.csv lines 2 and 4 give it different classes: imagenet_ids 401 (accordion) and imagenet_ids 1 "
+                  "(accordion); it is not audited")]
+    assert list(labels.labels) == ["b.jpg"]  # the same ids in another order agree
 
 
 def test_labels_without_the_needed_columns_are_a_usage_error(tmp_path: Path) -> None:

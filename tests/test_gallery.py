@@ -211,6 +211,28 @@ def test_labels_csv(tmp_path: Path) -> None:
         build_index(tiny_backbone(), gallery, None, labels=bad, workers=0)
 
 
+def test_labels_csv_with_conflicting_rows_is_refused_before_embedding(tmp_path: Path, monkeypatch) -> None:
+    """Issue 15: ``index --labels`` kept the last of two rows that label one image differently."""
+    import explain.gallery as gallery_module
+
+    gallery = tmp_path / "g"
+    make_gallery(gallery, n_per_class=2)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\ncats/img_0.png,cat\ndogs/img_0.png,dog\n./cats/img_0.png,dog\n"
+                        "dogs/img_0.png,dog\n")
+
+    def no_embedding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded before the labels were checked")
+
+    monkeypatch.setattr(gallery_module, "embed_files", no_embedding)
+    with pytest.raises(UsageError) as info:
+        build_index(tiny_backbone(), gallery, tmp_path / "idx", labels=csv_path, workers=0)
+    assert str(info.value) == (f"--labels {str(csv_path)!r} gives 1 path(s) different labels (cats/img_0.png: "
+                               "labels.csv lines 2 and 4 give it different labels: 'cat' and 'dog'): keep one row "
+                               "per image")
+    assert not (tmp_path / "idx").exists()
+
+
 def test_incremental_update_equals_fresh_index(tmp_path: Path) -> None:
     gallery = tmp_path / "gallery"
     paths = make_gallery(gallery, n_per_class=4)
