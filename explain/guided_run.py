@@ -355,10 +355,9 @@ def resolve_gradient_options(backbone: Backbone, opts: GradientOptions) -> _Reso
         elif opts.layers:
             raise UsageError("--layer chooses the CAM layer of --with-cam; add --with-cam gradcam or gradcam++")
     else:
-        if opts.samples < 0:
-            raise UsageError(f"--samples must be >= 0 (0: plain gradient), got {opts.samples}")
-        from explain.saliency import check_noise
+        from explain.saliency import check_noise, check_samples
 
+        check_samples(opts.samples, "--samples")
         check_noise(opts.noise, "--noise")
     return _Resolved(targets, cam_layers, cam_method)
 

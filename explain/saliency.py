@@ -22,14 +22,16 @@ Conventions and deviations:
   shape ``(C, H, W)``, from its own CPU ``torch.Generator`` seeded with ``seeds[i]`` (``seed + i`` when one integer
   is given), then moved to the model's device.
 * Noisy copies go through the model in batches of ``batch_size`` rows (copies of several images and samples
-  mixed), one forward pass per batch and one backward pass per target rank.
+  mixed), one forward pass per batch and one backward pass per target rank. The copies are drawn batch by batch
+  and only the running sum of their gradients is kept, so memory does not grow with ``samples``; ``samples`` is
+  at most :data:`MAX_SAMPLES`.
 * Explanations run in eval mode; gradients are taken with :func:`torch.autograd.grad` with respect to the input
   only; the model is left exactly as found. Images are assumed not to interact inside the model (eval mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -50,9 +52,32 @@ from explain.guided import (
 from explain.hooks import LayerTap, eval_mode
 from explain.scores import expand_targets, rank_scores
 
-__all__ = ["MAX_NOISE", "check_noise", "noise_sigmas", "saliency", "smoothgrad_noise"]
+__all__ = ["MAX_NOISE", "MAX_SAMPLES", "check_noise", "check_samples", "noise_sigmas", "saliency", "sample_batches",
+           "smoothgrad_noise"]
 
 MAX_NOISE = 1.0  # SmoothGrad noise as a fraction of the input range (the paper recommends 0.1-0.2)
+MAX_SAMPLES = 10_000
+"""Most SmoothGrad samples per image: the paper uses 50 and sees no change past a few hundred; 10,000 copies of a
+224 px image already take minutes on a CPU."""
+
+
+def check_samples(samples: object, name: str = "samples") -> int:
+    """The SmoothGrad sample count, or a :class:`UsageError` naming ``name`` unless it is a whole number in
+    ``[0, MAX_SAMPLES]`` (0: the plain gradient)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"{name} must be a whole number from 0 (plain gradient) to {MAX_SAMPLES:,} (SmoothGrad's "
+                         f"paper uses 50), got {samples!r}")
+    return samples
+
+
+def sample_batches(images: int, samples: int, batch_size: int) -> Iterator[list[int]]:
+    """The image index of each noisy copy, ``batch_size`` copies at a time, in image-major order.
+
+    A generator: nothing is built for copies that are not reached yet, whatever ``images * samples`` is.
+    """
+    total = images * samples
+    for start in range(0, total, batch_size):
+        yield [row // samples for row in range(start, min(start + batch_size, total))]
 
 
 def check_noise(noise: object, name: str = "noise") -> float:
@@ -110,14 +135,13 @@ def saliency(
         A :class:`~explain.guided.GradientResult` with method ``"gradient"`` or ``"smoothgrad"``.
 
     Raises:
-        UsageError: bad inputs, targets, samples, noise, seeds or batch size.
+        UsageError: bad inputs, targets, samples (more than :data:`MAX_SAMPLES` too), noise, seeds or batch size.
         LayerError, TargetError: unknown layer, class or neuron out of range.
     """
     inputs = check_inputs(inputs)
     targets = check_request(targets, unit)
     n = inputs.shape[0]
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-        raise UsageError(f"samples must be a whole number >= 0 (0: plain gradient), got {samples!r}")
+    check_samples(samples)
     check_noise(noise)
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, got {batch_size}")
@@ -150,10 +174,7 @@ def saliency(
         # 2. noisy copies, batch_size rows at a time, in image-major order
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         sums = [torch.zeros_like(x) for _ in ranks]
-        rows = [(i, s) for i in range(n) for s in range(samples)]
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            images = [i for i, _ in chunk]
+        for images in sample_batches(n, samples, batch_size):
             eps = torch.stack([torch.randn(tuple(x.shape[1:]), generator=generators[i]) for i in images])
             index = torch.tensor(images, device=x.device)
             noisy = (x[index] + eps.to(device=x.device, dtype=x.dtype) * sigmas[index].view(-1, 1, 1, 1))

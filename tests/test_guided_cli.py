@@ -125,6 +125,14 @@ def test_model_without_rectifiers_warns(tmp_path: Path, samples: Path) -> None:
     assert sum(item["rectifiers"].values()) == 0 and item["target"]["name"].startswith("class_")
 
 
+def test_saliency_refuses_a_billion_samples_before_any_work(tmp_path: Path, samples: Path) -> None:
+    result = run("saliency", str(samples / "coffee.png"), "--samples", "1000000000", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert result.stderr == ("error: --samples must be a whole number from 0 (plain gradient) to 10,000 (SmoothGrad's "
+                             "paper uses 50), got 1000000000\n")
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_saliency_smoothgrad(tmp_path: Path, samples: Path) -> None:
     out = tmp_path / "o"
     result = run("saliency", str(samples / "coffee.png"), "--target", "espresso", "--samples", "2", "--noise", "0.1",

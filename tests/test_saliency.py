@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from explain.errors import UsageError
-from explain.saliency import noise_sigmas, saliency, smoothgrad_noise
+from explain.saliency import MAX_SAMPLES, noise_sigmas, saliency, sample_batches, smoothgrad_noise
 from explain.targets import ClassTarget, NeuronTarget, TopK
 
 
@@ -154,6 +154,22 @@ def test_bad_arguments(net, x) -> None:
         saliency(net, x, [TopK(1)], samples=2, seed=[1, 2])
     with pytest.raises(UsageError, match="batch_size"):
         saliency(net, x, [TopK(1)], samples=2, batch_size=0)
+
+
+def test_samples_are_bounded_and_streamed(net, x) -> None:
+    """Issue 15: ``--samples 1000000000`` built every (image, sample) pair up front and was killed at 8.6 GB."""
+    import itertools
+    import time
+
+    with pytest.raises(UsageError, match=r"samples must be a whole number from 0 \(plain gradient\) to 10,000 "
+                                         r"\(SmoothGrad's paper uses 50\), got 1000000000"):
+        saliency(net, x, [TopK(1)], samples=10**9)
+    started = time.perf_counter()
+    batches = sample_batches(3, 10**9, 4)  # a generator: its first batches come at once, whatever the total
+    assert list(itertools.islice(batches, 2)) == [[0, 0, 0, 0], [0, 0, 0, 0]]
+    assert time.perf_counter() - started < 0.1
+    assert list(sample_batches(2, 3, 4)) == [[0, 0, 0, 1], [1, 1]]  # image-major, as the seeded noise is drawn
+    assert MAX_SAMPLES == 10_000
 
 
 def test_model_untouched(net, x) -> None:
