@@ -37,7 +37,7 @@ ObjectiveOpt = Annotated[list[str] | None, typer.Option(
 
 
 @handle_errors
-@model_command(batch_size=OMIT, workers=OMIT)
+@model_command(batch_size=OMIT, workers=OMIT, figures=True)
 def ascent(
     target: TargetOpt = None,
     channel: ChannelOpt = None,
@@ -106,7 +106,7 @@ def ascent(
     backbone, _ = model_options.load()
     opts = AscentOptions(targets=list(target or []), logprob=logprob, channels=list(channel or []),
                          neurons=list(neuron or []), objectives=list(objective or []), config=config,
-                         fmt=fmt.lower())
+                         fmt=fmt.lower(), style=run.style)
     resolve_ascent_options(backbone, opts)  # every spec checked before any work
     if not run.quiet:
         report_target_notes(opts.targets, backbone.class_names)

@@ -424,7 +424,7 @@ def activation_figure(
         image01: ``(H, W, 3)`` model input in ``[0, 1]`` (what the model saw).
         maps: ``(K, h, w)`` the maps to draw, raw values.
         channels: the channel index of each map (tile titles).
-        title: figure title.
+        title: figure title; ``""``: none, and no band for it (``--no-title``).
         scale: ``shared`` or ``tile`` (module docstring).
         colormap: matplotlib colour map of the maps, or :data:`AUTO_CMAP` (:func:`activation_colormap`); signed
             maps get a scale centred on 0.
@@ -447,9 +447,9 @@ def activation_figure(
     grid_h = mh * per_px
     image_side = float(min(max(grid_h, 2.5), 4.2))
     left, gap, right, bottom = 0.15, 0.35, (1.0 if limits else 0.2), 0.15
-    n_lines = title.count("\n") + 1
-    top = 0.25 + 0.18 * n_lines
     body_h = max(grid_h, image_side)
+    # untitled: room for the "model input" label above the (vertically centred) picture
+    top = 0.25 + 0.18 * (title.count("\n") + 1) if title else max(0.1, 0.3 - (body_h - image_side) / 2)
     width = left + image_side + gap + grid_w + right
     height = bottom + body_h + top
     fig = Figure(figsize=(width, height))
@@ -480,7 +480,8 @@ def activation_figure(
         bar = fig.colorbar(ScalarMappable(Normalize(*limits), cmap=cmap), cax=cax)
         bar.set_label("activation (shared scale)", fontsize=7)
         bar.ax.tick_params(labelsize=7)
-    fig.text(0.5, 1.0 - 0.1 / height, title, ha="center", va="top", fontsize=9, linespacing=1.35)
+    if title:
+        fig.text(0.5, 1.0 - 0.1 / height, title, ha="center", va="top", fontsize=9, linespacing=1.35)
     return fig
 
 

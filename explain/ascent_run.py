@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import TargetError, UsageError
-from explain.figures import format_prob
-from explain.manifest import Manifest, write_bytes, write_figure, write_npy
+from explain.figures import FigureStyle, format_prob
+from explain.manifest import Manifest, write_bytes, write_npy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from explain.ascent import AscentConfig, AscentResult, Objective, StepInfo
     from explain.backbones.base import Backbone
+
+SNAPSHOT_DPI_SCALE = 2 / 3
+"""The snapshot strip's resolution relative to ``--dpi`` (100 dpi by default): many noisy cells, a smaller file."""
 
 
 @dataclass
@@ -44,6 +47,8 @@ class AscentOptions:
         config: the optimisation settings; ``config.size`` ``None`` means the model's input size.
         fmt: figure format (png, svg, pdf).
         top_k: how many predicted classes each manifest item lists.
+        style: resolution and titles of the figures (:class:`explain.figures.FigureStyle`); the grid and the strip
+            label each image with its objective, and have no title of their own.
     """
 
     targets: list[str] = field(default_factory=list)
@@ -54,6 +59,7 @@ class AscentOptions:
     config: Any = None
     fmt: str = "png"
     top_k: int = 5
+    style: FigureStyle = FigureStyle()
 
 
 def build_objectives(backbone: Backbone, opts: AscentOptions) -> list[Objective]:
@@ -156,11 +162,11 @@ def run_ascent(
         manifest.items.append(item)
     run_outputs: dict[str, str] = {"grid": f"grid.{fmt}", "history": "history.npy"}
     write_npy(out / run_outputs["history"], result.history)
-    write_figure(out / run_outputs["grid"], grid_figure(result.images, labels))
+    opts.style.save(out / run_outputs["grid"], grid_figure(result.images, labels))
     if result.snapshots is not None:
         run_outputs["snapshots"] = f"snapshots.{fmt}"
         strip = snapshot_figure(result.snapshots, result.snapshot_steps, [lab.split("\n")[0] for lab in labels])
-        write_figure(out / run_outputs["snapshots"], strip, dpi=100)  # many noisy cells: keep the file small
+        opts.style.save(out / run_outputs["snapshots"], strip, scale=SNAPSHOT_DPI_SCALE)
     manifest.extra["outputs"] = run_outputs
     return manifest, result
 

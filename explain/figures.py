@@ -101,24 +101,33 @@ class FigureStyle:
         """An input's name for a figure title: its path as the user gave it, or only its file name."""
         return display if self.title_path else PurePosixPath(display).name
 
-    def save(self, path: Path, figure: Any) -> Path:
-        """Write ``figure`` atomically (:func:`explain.manifest.write_figure`) at :attr:`dpi`; without
-        :attr:`title`, its title (the figure's ``suptitle`` and figure-level texts) is hidden and the blank band it
-        leaves is cropped."""
-        if not self.title:
-            hide_titles(figure)
-        return write_figure(path, figure, dpi=self.dpi, tight=not self.title)
+    def title_of(self, text: str) -> str:
+        """A figure's title to draw: ``text``, or ``""`` without :attr:`title` (for figures that lay out their title
+        band by hand, and are laid out without one when it is empty)."""
+        return text if self.title else ""
+
+    def scaled_dpi(self, scale: float = 1.0) -> int:
+        """:attr:`dpi` times ``scale``: a figure drawn at a lower resolution by default (a strip of many small
+        cells, a wide overview) keeps its ratio to ``--dpi`` (150 x 2/3 = 100)."""
+        return max(1, round(self.dpi * scale))
+
+    def save(self, path: Path, figure: Any, scale: float = 1.0) -> Path:
+        """Write ``figure`` atomically (:func:`explain.manifest.write_figure`) at :meth:`scaled_dpi`; without
+        :attr:`title`, its title (the ``suptitle`` and figure-level texts of it and its sub-figures) is hidden, and a
+        figure that had one is cropped to what is left (a constrained layout already closes the band)."""
+        hidden = not self.title and hide_titles(figure)
+        return write_figure(path, figure, dpi=self.scaled_dpi(scale), tight=hidden)
 
 
-def hide_titles(figure: Any) -> None:
-    """Hide a figure's own title: its ``suptitle`` and the texts placed on the figure itself (titles drawn with
-    ``fig.text``); axes titles (panel labels) stay."""
-    titles = list(figure.texts)
-    if figure.get_suptitle():
-        titles.append(figure.suptitle(""))  # returns the existing title's Text
+def hide_titles(figure: Any) -> bool:
+    """Hide a figure's own title: the ``suptitle`` and the texts placed on the figure itself (titles drawn with
+    ``fig.text``), and those of its sub-figures; axes titles (panel labels) stay. Returns whether there was any."""
+    titles = list(figure.texts)  # the suptitle is one of them
     for text in titles:
         text.set_visible(False)
         text.set_in_layout(False)
+    hidden = [hide_titles(sub) for sub in getattr(figure, "subfigs", [])]
+    return bool(titles) or any(hidden)
 
 
 def draw_unit_box(ax: Any, box: Sequence[float], colour: str = "#ffd400", style: str = "-") -> Any:

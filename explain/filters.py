@@ -553,15 +553,17 @@ def _norm_line(grid: FilterGrid) -> str:
     return ""
 
 
-def filter_figure(grid: FilterGrid, title: str | None = None) -> Figure:
-    """Draw a :class:`FilterGrid` (see the module docstring for what each kind looks like)."""
-    head = title if title is not None else _title(grid)
-    lines = [head]
-    norm_line = _norm_line(grid)
-    if norm_line:
-        lines.append(norm_line)
-    lines.extend(grid.notes)
-    text = "\n".join(lines)
+def filter_figure(grid: FilterGrid, title: str | None = None, titled: bool = True) -> Figure:
+    """Draw a :class:`FilterGrid` (see the module docstring for what each kind looks like).
+
+    Args:
+        grid: what to draw.
+        title: the first line of the title block (default: the layer, its shape and what is shown); the block goes
+            on with the normalisation and the grid's notes.
+        titled: ``False``: no title block, and no band for it (``--no-title``).
+    """
+    lines = [title if title is not None else _title(grid), _norm_line(grid), *grid.notes]
+    text = "\n".join(line for line in lines if line) if titled else ""
     if grid.kind in ("rgb", "single"):
         return _tile_grid_figure(grid, text)
     if grid.kind == "kernels":
@@ -577,16 +579,17 @@ def _figure_with_axes(
     content_w: float, content_h: float, text: str, left: float = 0.25, right: float = 0.25, bottom: float = 0.25,
     top_extra: float = 0.0,
 ) -> tuple[Figure, Axes, float]:
-    """A figure with one axes of exactly ``content_w x content_h`` inches under a title block: (fig, ax, top)."""
+    """A figure with one axes of exactly ``content_w x content_h`` inches under a title block (none when ``text`` is
+    empty): (fig, ax, top)."""
     from matplotlib.figure import Figure
 
-    n_lines = text.count("\n") + 1
-    top = 0.22 + 0.17 * n_lines + top_extra
+    top = (0.22 + 0.17 * (text.count("\n") + 1) if text else 0.1) + top_extra
     width = left + content_w + right
     height = bottom + content_h + top
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((left / width, bottom / height, content_w / width, content_h / height))
-    fig.text(0.5, 1.0 - 0.1 / height, text, ha="center", va="top", fontsize=8.5, linespacing=1.35)
+    if text:
+        fig.text(0.5, 1.0 - 0.1 / height, text, ha="center", va="top", fontsize=8.5, linespacing=1.35)
     return fig, ax, top
 
 

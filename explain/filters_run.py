@@ -128,7 +128,7 @@ def run_filters(backbone: Backbone, opts: FilterOptions, out_dir: str | Path, ar
         outputs[values_key] = f"{base}_{values_key}.npy" if grid.kind != "norms" else f"{base}.npy"
         write_npy(out / outputs["weights"], grid.weight)
         write_npy(out / outputs[values_key], grid.tiles)
-        opts.style.save(out / outputs["figure"], filter_figure(grid))
+        opts.style.save(out / outputs["figure"], filter_figure(grid, titled=opts.style.title))
         item: dict[str, Any] = {"input": None, **grid.as_dict(), "outputs": outputs}
         item["filter_norms"] = [round(float(v), 6) for v in grid.filter_norms[grid.channels]]
         manifest.items.append(item)
@@ -358,7 +358,8 @@ def _activation_item(
         how = f"top {len(channels)} of {c} channels by mean activation"
     scale_text = "shared colour scale" if opts.scale == "shared" else "colour scale per tile (min..max of each)"
     title = f"{opts.style.name(sample.loaded.display)} · {plan.layer} ({c}x{h}x{w})\n{how} · {scale_text}"
-    fig = activation_figure(image01, shown, channels, title, scale=opts.scale, colormap=opts.colormap)
+    fig = activation_figure(image01, shown, channels, opts.style.title_of(title), scale=opts.scale,
+                             colormap=opts.colormap)
     opts.style.save(out / outputs["figure"], fig)
     item = _base_item(sample, prediction)
     item.update({

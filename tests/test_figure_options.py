@@ -1,0 +1,88 @@
+"""``--dpi``, ``--title/--no-title`` and ``--title-path/--no-title-path`` on ascent, neighbours, tsne, report and
+audit, and the layout of untitled activations and filters figures (cam, guided-backprop and activations:
+tests/test_cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_cli import _svg_texts, run
+
+GALLERY = Path(__file__).resolve().parents[1] / "sample_images" / "gallery"
+QUERY = GALLERY / "llama" / "image_0001.jpg"
+
+
+def _size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def _margins(path: Path) -> dict[str, int]:
+    """The white border of a PNG on each side, in pixels."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        ink = np.asarray(image.convert("L")) < 250
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return {"top": int(rows[0]), "bottom": int(ink.shape[0] - 1 - rows[-1]), "left": int(cols[0]),
+            "right": int(ink.shape[1] - 1 - cols[-1])}
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def _item_figure(out: Path) -> Path:
+    return out / _manifest(out)["items"][0]["outputs"]["figure"]
+
+
+@pytest.mark.parametrize("command", [("activations", "SAMPLE", "-l", "_blocks.5", "--top", "3"),
+                                     ("activations", "SAMPLE", "-l", "_blocks.5"), ("filters",)])
+def test_untitled_activations_and_filters_are_laid_out_without_the_band(
+        command: tuple[str, ...], samples: Path, tmp_path: Path) -> None:
+    """They place their title by hand: --no-title lays the figure out without it (same width and side margins, a
+    narrow top margin), rather than hiding it and cropping the picture to 0.05 inch all round."""
+    args = [str(samples / "chelsea.png") if a == "SAMPLE" else a for a in command]
+    figures = {}
+    for flag in ("--title", "--no-title"):
+        out = tmp_path / flag
+        assert run(*args, "-o", str(out), "-q", "--dpi", "100", flag).exit_code == 0
+        figures[flag] = _item_figure(out)
+    (titled_w, titled_h), (width, height) = _size(figures["--title"]), _size(figures["--no-title"])
+    titled, untitled = _margins(figures["--title"]), _margins(figures["--no-title"])
+    assert width == titled_w and height < titled_h
+    assert untitled["left"] == titled["left"] and untitled["right"] == titled["right"]
+    assert untitled["bottom"] == titled["bottom"] >= 10  # 0.1 inch and more: nothing cut at the edge
+    assert 5 <= untitled["top"] <= 30  # a margin, not a blank band (or the 'model input' label's room)
+    assert titled["top"] < 15  # the titled figure's title starts at its top
+
+
+@pytest.fixture(scope="module")
+def gallery_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample gallery indexed without labels: neighbours are captioned with their paths."""
+    out = tmp_path_factory.mktemp("figures") / "idx"
+    assert run("index", str(GALLERY), "-o", str(out), "-q", "--workers", "0").exit_code == 0
+    return out
+
+
+def test_ascent_figures_take_the_dpi(tmp_path: Path) -> None:
+    """The grid at --dpi; the snapshot strip keeps its 2/3 of it (100 by default). Neither has a title of its own:
+    each image is labelled with its objective, which --no-title keeps."""
+    common = ("ascent", "--target", "1", "--steps", "2", "--size", "64", "--snapshots", "2", "-q")
+    sizes = {}
+    for dpi in ("150", "75"):
+        out = tmp_path / dpi
+        assert run(*common, "-o", str(out), "--dpi", dpi, "--no-title", "--no-title-path").exit_code == 0
+        outputs = _manifest(out)["outputs"]
+        sizes[dpi] = _size(out / outputs["grid"]), _size(out / outputs["snapshots"])
+    (grid, strip), (half_grid, half_strip) = sizes["150"], sizes["75"]
+    assert half_grid == (grid[0] // 2, grid[1] // 2) and half_strip == (strip[0] // 2, strip[1] // 2)
+    out = tmp_path / "svg"
+    assert run(*common, "-o", str(out), "--format", "svg", "--no-title").exit_code == 0
+    assert "logit" in " ".join(_svg_texts(out / _manifest(out)["outputs"]["grid"]))
