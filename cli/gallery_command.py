@@ -153,7 +153,7 @@ def index(
 
 # --- neighbours -----------------------------------------------------------------------------------------------
 @handle_errors
-@gallery_command(workers=0, workers_option=WorkersOpt)
+@gallery_command(workers=0, workers_option=WorkersOpt, figures=True)
 def neighbours(
     index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder ('cnn-explain index').",
                                             show_default=False)],
@@ -183,7 +183,7 @@ def neighbours(
     from explain.figures import check_format
     from explain.gallery import check_search_args
 
-    opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower())
+    opts = NeighbourOptions(k=k, metric=metric, backend=backend, fmt=fmt.lower(), style=run.style)
     check_search_args(k, metric, backend)
     check_format(opts.fmt)
     out = claim_output(run.out)
@@ -251,7 +251,7 @@ def _print_purity(report: Any) -> None:
 
 # --- tsne -----------------------------------------------------------------------------------------------------
 @handle_errors
-@gallery_command()
+@gallery_command(figures=True)
 def tsne(
     gallery: Annotated[Path | None, typer.Argument(
         help="Folder of images (indexed into OUT/index first, incrementally); or use --index.",
@@ -300,7 +300,7 @@ def tsne(
     check_out_is_not_an_input(out, [gallery] if gallery is not None else [])
     opts = MapOptions(method=method, perplexity=perplexity, seed=model_options.seed, pca_dims=pca_dims, trust_k=trust_k,
                       thumb=thumb_size, fmt=fmt.lower(), backend=tsne_backend, border=border,
-                      threads=threads).check()
+                      threads=threads, style=run.style).check()
     failed: list[dict[str, str]] = []
     index_warnings: list[str] = []
     with stage_progress(run.quiet) as progress:

@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from explain.errors import UsageError
+from explain.figures import FigureStyle
 from explain.gallery import FeatureIndex, IndexUpdate, ProgressFn, build_index, embed_files, search
-from explain.manifest import Manifest, write_bytes, write_figure, write_npy, write_text
+from explain.manifest import Manifest, write_bytes, write_npy, write_text
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -38,6 +39,8 @@ MAX_CANVAS = 16384
 """Widest thumbnail map (pixels a side): about 800 MB of RGB, drawn twice (map and grid)."""
 MAX_FIGURE_NEIGHBOURS = 35
 """Neighbours drawn in a neighbours figure (4 rows of 9 with the query); the manifest lists all ``k``."""
+OVERVIEW_DPI_SCALE = 110 / 150
+"""The overview panel's resolution relative to ``--dpi`` (110 dpi by default): it is 16.5 inches wide."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def render_grid_map(thumbs: Sequence[Image.Image | None], cells: np.ndarray, row
 
 
 def scatter_figure(coords: np.ndarray, names: Sequence[str | None], title: str) -> Any:
-    """Scatter plot of a 2-D map, one colour per label, legend at the right."""
+    """Scatter plot of a 2-D map, one colour per label, legend at the right; titled with ``title`` unless empty."""
     from matplotlib.figure import Figure
 
     colours = label_colours(names)
@@ -230,7 +233,8 @@ def scatter_figure(coords: np.ndarray, names: Sequence[str | None], title: str) 
         sel = [i for i, n in enumerate(names) if n == name]
         ax.scatter(arr[sel, 0], arr[sel, 1], s=size, c=[np.array(colour) / 255], label=name, alpha=0.85,
                    linewidths=0)
-    ax.set_title(title, fontsize=10)
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal", adjustable="datalim")
@@ -335,13 +339,16 @@ def index_manifest(update: IndexUpdate, gallery: str | Path, argv: Sequence[str]
 
 @dataclass
 class NeighbourOptions:
-    """``k``, the metric, the search backend and the figure format/thumbnail size of a neighbours run."""
+    """``k``, the metric, the search backend and the figure format/thumbnail size of a neighbours run, and the
+    figures' resolution and titles (:class:`explain.figures.FigureStyle`; ``title_path=False``: a neighbour without
+    a label is named by its file name, not its path in the gallery)."""
 
     k: int = 8
     metric: str = "l2"
     backend: str = "torch"
     fmt: str = "png"
     thumb: int = 160
+    style: FigureStyle = FigureStyle()
 
 
 def neighbours_figure(query: Image.Image | None, query_title: str, thumbs: Sequence[Image.Image | None],
@@ -417,11 +424,12 @@ def run_neighbours(index: FeatureIndex, backbone: Backbone, files: Sequence[Imag
         unreadable.update(int(g) for g, t in zip(found.ids[q], thumbs) if t is None)
         unit = "d" if opts.metric == "l2" else "1-cos"
         captions = [f"#{n['rank']} {unit}={n['distance']:.4g}\n"
-                    f"{_short(str(index.entries[n['row']].label_name or n['path']))}" for n in neighbours[:drawn]]
+                    f"{_short(index.entries[n['row']].label_name or opts.style.name(n['path']))}"
+                    for n in neighbours[:drawn]]
         fig = neighbours_figure(load_thumbnail(file.path, opts.thumb), f"query\n{_short(Path(file.display).name)}",
                                 thumbs, captions, opts.thumb)
         rel = f"{stems[q]}/neighbours.{fmt}"
-        write_figure(out / rel, fig)
+        opts.style.save(out / rel, fig)
         item = {"input": file.display, "input_sha256": result.sha256[q], "neighbours": neighbours,
                 "outputs": {"figure": rel}}
         if itself[q] >= 0:
@@ -455,6 +463,7 @@ class MapOptions:
         backend: t-SNE implementation (``auto``, ``opentsne``, ``sklearn``).
         border: width of the label-coloured frame around thumbnails (0: none).
         threads: t-SNE threads (``None``: :func:`explain.embedding.tsne_threads` decides).
+        style: resolution and titles of the scatter and overview figures (:class:`explain.figures.FigureStyle`).
     """
 
     method: str = "tsne"
@@ -467,6 +476,7 @@ class MapOptions:
     backend: str = "auto"
     border: int = 3
     threads: int | None = None
+    style: FigureStyle = FigureStyle()
 
     def check(self) -> MapOptions:
         """Refuse options that cannot work, before any embedding is done; returns ``self``.
@@ -570,10 +580,11 @@ def run_tsne(index: FeatureIndex, out: str | Path, opts: MapOptions, *, argv: Se
     write_npy(out / outputs["coords"], coords)
     write_npy(out / outputs["cells"], cells.astype(np.int64))
     write_text(out / outputs["coords_csv"], _coords_csv(index, coords, cells))
-    write_figure(out / outputs["scatter"], scatter_figure(coords, names, title))
+    opts.style.save(out / outputs["scatter"], scatter_figure(coords, names, opts.style.title_of(title)))
     write_bytes(out / outputs["map"], _png(_with_legend(map_image, palette)))
     write_bytes(out / outputs["grid"], _png(_with_legend(grid_image, palette)))
-    write_figure(out / outputs["overview"], overview_figure(coords, names, map_image, grid_image, title), dpi=110)
+    opts.style.save(out / outputs["overview"], overview_figure(coords, names, map_image, grid_image, title),
+                    scale=OVERVIEW_DPI_SCALE)
 
     manifest = Manifest(command="tsne", argv=argv, model=index.model, extra={
         "index": str(index.directory) if index.directory else None,

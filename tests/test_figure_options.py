@@ -86,3 +86,43 @@ def test_ascent_figures_take_the_dpi(tmp_path: Path) -> None:
     out = tmp_path / "svg"
     assert run(*common, "-o", str(out), "--format", "svg", "--no-title").exit_code == 0
     assert "logit" in " ".join(_svg_texts(out / _manifest(out)["outputs"]["grid"]))
+
+
+def test_neighbours_figures_take_the_dpi_and_leave_folders_out(gallery_index: Path, tmp_path: Path) -> None:
+    """A neighbour without a label is captioned with its path in the gallery; --no-title-path: its file name."""
+    sizes, texts = {}, {}
+    for flag, dpi in (("--title-path", "150"), ("--no-title-path", "75")):
+        for fmt in ("png", "svg"):
+            out = tmp_path / f"{flag}{fmt}"
+            result = run("neighbours", "-i", str(gallery_index), str(QUERY), "-k", "3", "-o", str(out), "-q",
+                         "--dpi", dpi, "--format", fmt, flag, "--no-title")
+            assert result.exit_code == 0, result.output
+            if fmt == "png":
+                sizes[dpi] = _size(_item_figure(out))
+            else:
+                texts[flag] = " ".join(_svg_texts(_item_figure(out)))
+    assert sizes["75"] == (sizes["150"][0] // 2, sizes["150"][1] // 2)
+    assert "llama/image_0005.jpg" in texts["--title-path"]
+    assert "image_0005.jpg" in texts["--no-title-path"] and "llama/" not in texts["--no-title-path"]
+    assert "query" in texts["--no-title-path"]  # panel labels stay
+
+
+def test_tsne_figures_take_the_dpi_and_drop_their_titles(gallery_index: Path, tmp_path: Path) -> None:
+    """The scatter plot at --dpi, the overview at 110/150 of it; --no-title: neither says 'PCA of 36 images', and
+    the overview keeps its panel labels."""
+    outputs = {}
+    for flag, dpi, fmt in (("--title", "150", "png"), ("--title", "75", "png"), ("--title", "150", "svg"),
+                           ("--no-title", "150", "svg")):
+        out = tmp_path / f"{flag}{dpi}{fmt}"
+        result = run("tsne", "-i", str(gallery_index), "--method", "pca", "-o", str(out), "-q", "--dpi", dpi,
+                     "--format", fmt, flag)
+        assert result.exit_code == 0, result.output
+        outputs[flag, dpi, fmt] = {key: out / name for key, name in _manifest(out)["outputs"].items()}
+    full, half = outputs["--title", "150", "png"], outputs["--title", "75", "png"]
+    assert _size(full["scatter"]) == (1125, 1050) and _size(half["scatter"]) == (562, 525)
+    assert _size(full["overview"])[0] == pytest.approx(16.5 * 110, abs=3)
+    assert _size(half["overview"])[0] == pytest.approx(16.5 * 55, abs=3)
+    for key in ("scatter", "overview"):
+        assert "PCA of 36 images" in " ".join(_svg_texts(outputs["--title", "150", "svg"][key]))
+        assert "PCA of" not in " ".join(_svg_texts(outputs["--no-title", "150", "svg"][key]))
+    assert "feature map, coloured by label" in " ".join(_svg_texts(outputs["--no-title", "150", "svg"]["overview"]))
