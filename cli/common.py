@@ -23,6 +23,8 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import ParameterInfo
 
 from explain.errors import ExplainError, InputError, ModelError, UsageError
+from explain.manifest import PARTIAL_MANIFEST_NAME
+from explain.run import keep_finished
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -566,18 +568,16 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int, quiet
 
 
 def save_finished(manifest: Manifest, out: Path | None, total: int) -> str:
-    """After Ctrl-C: write the manifest of the finished inputs, marked incomplete (:func:`explain.run.keep_finished`),
-    and return what the "interrupted" line says was left and whether there is a manifest."""
-    from explain.run import keep_finished
-
+    """After Ctrl-C: write the finished inputs' items to ``manifest.partial.json`` (:func:`explain.run.keep_finished`)
+    and return what the "interrupted" line says was left. No ``manifest.json`` is written: it means a complete run."""
     finished = keep_finished(manifest, out, total)
     if out is None:
         return f"{finished} of {total} inputs finished; nothing was written"
     if not finished:
-        return f"no input was finished, so {out} has no manifest.json (the files written so far are not listed)"
-    manifest.save(out)
-    return (f"{finished} of {total} inputs finished: {out / 'manifest.json'} lists them and is marked incomplete; "
-            f"the other {total - finished} are not in it")
+        return f"no input was finished, so {out} has no manifest (the files written so far are not listed)"
+    partial = manifest.save(out, PARTIAL_MANIFEST_NAME)
+    return (f"{finished} of {total} inputs finished: {partial} lists them; there is no manifest.json, as the run is "
+            f"incomplete (the other {total - finished} are not listed); run the command again to finish it")
 
 
 def run_image_command(

@@ -40,6 +40,9 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, so output 
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+PARTIAL_MANIFEST_NAME = "manifest.partial.json"
+"""What an interrupted run writes instead of ``manifest.json``: the finished items, so that ``manifest.json`` keeps
+meaning a complete run (DESIGN.md) while the work already done stays findable."""
 
 
 def _file_mode() -> int:
@@ -208,13 +211,14 @@ def begin_output(out: str | Path) -> Path:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _folder_error(out, exc) from None
-    manifest = out / MANIFEST_NAME
-    try:
-        manifest.unlink(missing_ok=True)
-    except IsADirectoryError:
-        raise UsageError(f"{manifest} is a folder; remove it or pick another --out") from None
-    except OSError as exc:
-        raise UsageError(f"cannot remove the previous run's {manifest}: {os_reason(exc)}") from None
+    for name in (MANIFEST_NAME, PARTIAL_MANIFEST_NAME):
+        manifest = out / name
+        try:
+            manifest.unlink(missing_ok=True)
+        except IsADirectoryError:
+            raise UsageError(f"{manifest} is a folder; remove it or pick another --out") from None
+        except OSError as exc:
+            raise UsageError(f"cannot remove the previous run's {manifest}: {os_reason(exc)}") from None
     return out
 
 
@@ -301,12 +305,16 @@ _TOOL_HEAD = re.compile(rb'^\s*\{\s*"schema_version"\s*:\s*\d+\s*,\s*"tool"\s*:\
 
 
 def holds_run_manifest(folder: str | Path) -> bool:
-    """Whether ``folder`` holds the ``manifest.json`` of a cnn-explain run (its ``"tool"`` is this tool's name).
+    """Whether ``folder`` holds the ``manifest.json`` of a cnn-explain run (its ``"tool"`` is this tool's name), or
+    the ``manifest.partial.json`` of an interrupted one.
 
     Only the first bytes are read: :meth:`Manifest.to_json` writes ``schema_version`` and ``tool`` first, so a
     large manifest costs no more than a small one; any other ``manifest.json`` (a web app's, say) does not count.
     """
-    path = Path(folder) / MANIFEST_NAME
+    return any(_is_run_manifest(Path(folder) / name) for name in (MANIFEST_NAME, PARTIAL_MANIFEST_NAME))
+
+
+def _is_run_manifest(path: Path) -> bool:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the open
             return False
@@ -381,9 +389,10 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False)
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``manifest.json`` into ``out_dir`` (atomically). Call after every other output is written."""
-        return write_text(Path(out_dir) / MANIFEST_NAME, self.to_json() + "\n")
+    def save(self, out_dir: str | Path, name: str = MANIFEST_NAME) -> Path:
+        """Write ``manifest.json`` (or ``name``) into ``out_dir`` (atomically). Call after every other output is
+        written."""
+        return write_text(Path(out_dir) / name, self.to_json() + "\n")
 
 
 _RUN_FILE_SUFFIXES = frozenset({".json", ".jsonl", ".csv", ".html", ".png", ".svg", ".pdf", ".npy", ".txt", ".jpg"})

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.common import ModelOptions
 from cli.main import app
 from explain.images import find_images
-from explain.manifest import MANIFEST_NAME, Manifest, holds_run_manifest, safe_stem
+from explain.manifest import MANIFEST_NAME, PARTIAL_MANIFEST_NAME, Manifest, holds_run_manifest, safe_stem
 from explain.run import output_stems
 
 runner = CliRunner()
@@ -196,10 +196,11 @@ def test_a_second_run_into_a_held_out_folder_stops_in_one_line(
 
 # --- 4. an interrupted run keeps what it finished -----------------------------------------------------------------
 @pytest.mark.parametrize("finished", [2, 0])
-def test_ctrl_c_in_saliency_writes_a_manifest_of_the_finished_images_and_says_so(
+def test_ctrl_c_in_saliency_lists_the_finished_images_in_a_partial_manifest_and_says_so(
     finished: int, tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C in ``saliency`` left result folders, no manifest and only "error: interrupted"."""
+    """Ctrl-C in ``saliency`` left result folders, no manifest and only "error: interrupted". ``manifest.json`` still
+    means a complete run (DESIGN.md); the finished inputs are listed in ``manifest.partial.json``."""
     import explain.saliency
 
     photos = tmp_path / "photos"
@@ -219,19 +220,25 @@ def test_ctrl_c_in_saliency_writes_a_manifest_of_the_finished_images_and_says_so
                  "--quiet")
     assert result.exit_code == 130
     if not finished:
-        assert result.stderr == (f"error: interrupted: no input was finished, so {out} has no manifest.json (the "
+        assert result.stderr == (f"error: interrupted: no input was finished, so {out} has no manifest (the "
                                  "files written so far are not listed)\n")
-        assert not (out / MANIFEST_NAME).exists()
+        assert not (out / MANIFEST_NAME).exists() and not (out / PARTIAL_MANIFEST_NAME).exists()
         return
-    assert result.stderr == (f"error: interrupted: 2 of 5 inputs finished: {out / MANIFEST_NAME} lists them and is "
-                             "marked incomplete; the other 3 are not in it\n")
-    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert result.stderr == (f"error: interrupted: 2 of 5 inputs finished: {out / PARTIAL_MANIFEST_NAME} lists them; "
+                             "there is no manifest.json, as the run is incomplete (the other 3 are not listed); run "
+                             "the command again to finish it\n")
+    assert not (out / MANIFEST_NAME).exists()
+    manifest = json.loads((out / PARTIAL_MANIFEST_NAME).read_text())
     assert sorted({item["input"] for item in manifest["items"]}) == [f"{photos.as_posix()}/p{i}.png" for i in (0, 1)]
     assert manifest["incomplete"] == {"reason": "interrupted", "finished_inputs": 2, "inputs": 5}
     assert manifest["warnings"] == ["interrupted: 2 of 5 inputs were finished; this manifest lists only those"]
     assert manifest["errors"] == [{"input": (tmp_path / "missing.png").as_posix(), "error": "no such file or folder"}]
     assert all((out / path).is_file() for item in manifest["items"] for path in item["outputs"].values())
     assert holds_run_manifest(out)  # a later walk of a folder holding it skips it
+    monkeypatch.setattr(explain.saliency, "saliency", real)
+    again = run("saliency", str(photos), "--out", str(out), "--batch-size", "4", "--quiet")
+    assert again.exit_code == 0, again.stderr
+    assert (out / MANIFEST_NAME).is_file() and not (out / PARTIAL_MANIFEST_NAME).exists()
 
 
 def test_an_item_whose_files_were_not_all_written_is_left_out(tmp_path: Path) -> None:
