@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 @handle_errors
-@model_command()
+@model_command(figures=True)
 def report(
     images: ImagesArg,
     index_dir: Annotated[Path | None, typer.Option(
@@ -45,7 +45,7 @@ def report(
     from explain.report import ReportOptions, run_report
 
     opts = ReportOptions(top=top, samples=samples, noise=noise, seed=model_options.seed, neighbours=k, metric=metric,
-                         fmt=fmt, layer=layer).check()
+                         fmt=fmt, layer=layer, style=run.style).check()
     index = None
     if index_dir is not None:
         from explain.gallery import load_index

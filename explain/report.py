@@ -45,6 +45,7 @@ import numpy as np
 
 from explain.device import model_device
 from explain.errors import ExplainError, UsageError
+from explain.figures import FigureStyle
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +94,9 @@ class ReportOptions:
         alpha: heat opacity of the CAM overlays.
         layer: the layer of the CAMs and of the strongest-unit view (``None``: the backbone's default layer for the
             CAMs, and for the unit view the deepest block whose units see at most half the input).
+        style: the figures' resolution (PDF pages at ``dpi``, HTML figures at
+            :data:`explain.report_render.HTML_DPI_SCALE` of it), whether they have titles, and whether the page and
+            PDF titles name an input by its path or its file name (:class:`explain.figures.FigureStyle`).
     """
 
     top: int = 5
@@ -106,6 +110,7 @@ class ReportOptions:
     colormap: str = "inferno"  # explain.figures.DEFAULT_COLORMAP
     alpha: float = 0.5
     layer: str | None = None
+    style: FigureStyle = FigureStyle()
 
     def check(self) -> ReportOptions:
         """Validate every option (no model needed); returns ``self`` with ``fmt`` normalised.
@@ -129,6 +134,7 @@ class ReportOptions:
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"--alpha must lie in [0, 1] (got {self.alpha})")
         check_colormap(self.colormap)
+        self.style.check()
         return self
 
 

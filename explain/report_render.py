@@ -32,7 +32,7 @@ from urllib.parse import quote
 import numpy as np
 
 from explain.activations import activation_colormap, scale_maps
-from explain.figures import box_beyond_note, draw_unit_box, format_prob
+from explain.figures import box_beyond_note, draw_unit_box, format_prob, hide_titles
 from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
@@ -51,8 +51,9 @@ __all__ = ["IndexEntry", "ReportPage", "channel_caption", "draw_cams", "draw_cha
 PHOTO_SIDE = 480
 #: Thumbnail side on the index page and for neighbours.
 THUMB_SIDE = 120
-#: Resolution of the figures embedded in HTML pages.
-FIGURE_DPI = 100
+#: Resolution of the figures embedded in HTML pages relative to ``--dpi`` (100 dpi at the default 150: a page on a
+#: screen; ``--dpi 300`` gives 200).
+HTML_DPI_SCALE = 2 / 3
 #: The PDF sheet's paper (A4 portrait, inches) and its print margin on every side: 12 mm, above the 10 mm that
 #: printers and journals ask for, so nothing is cut at the paper's edge.
 A4_INCHES = (8.27, 11.69)
@@ -96,6 +97,11 @@ class ReportPage:
     explanation: ImageExplanation
     options: ReportOptions
     notes: Sequence[str] = ()
+
+    @property
+    def title(self) -> str:
+        """The input's name in page and figure titles: its path as given, or its file name (``--no-title-path``)."""
+        return self.options.style.name(self.display)
 
     @classmethod
     def of(cls, sample: Any, explanation: ImageExplanation, backbone: Backbone, options: ReportOptions,
@@ -278,11 +284,15 @@ def _draw_header(fig: FigureBase, page: ReportPage) -> None:
 
 def _standalone(draw: Any, page: ReportPage, size: tuple[float, float]) -> str:
     """Draw one section into its own figure and embed it as a JPEG ``data:`` URI (photos and maps: a PNG would be
-    four times larger; see :func:`~explain.html.canvas_data_uri`)."""
+    four times larger; see :func:`~explain.html.canvas_data_uri`), at :data:`HTML_DPI_SCALE` of ``--dpi``, without
+    its title under ``--no-title``."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, layout="constrained", dpi=FIGURE_DPI)
+    style = page.options.style
+    fig = Figure(figsize=size, layout="constrained", dpi=style.scaled_dpi(HTML_DPI_SCALE))
     draw(fig, page)
+    if not style.title:
+        hide_titles(fig)
     return canvas_data_uri(fig, fmt="JPEG")
 
 
@@ -290,7 +300,8 @@ def pdf_figure(page: ReportPage) -> Figure:
     """One A4 page with every section of the report (vector text, raster images), inside :data:`PDF_MARGIN`.
 
     The page is a sub-figure in the middle cell of a 3x3 grid whose outer rows and columns are the margins
-    (constrained layout's own ``rect`` would leave the title at the paper's edge).
+    (constrained layout's own ``rect`` would leave the title at the paper's edge). Its images are drawn at ``--dpi``;
+    under ``--no-title`` the page and its sections have no titles (the panels keep their labels).
     """
     from matplotlib.figure import Figure
 
@@ -299,15 +310,17 @@ def pdf_figure(page: ReportPage) -> Figure:
     if page.explanation.neighbours:
         sections.append((draw_neighbours, 1.4))
     width, height = A4_INCHES
-    fig = Figure(figsize=A4_INCHES, layout="constrained")
+    fig = Figure(figsize=A4_INCHES, layout="constrained", dpi=page.options.style.dpi)
     grid = fig.add_gridspec(3, 3, width_ratios=[PDF_MARGIN, width - 2 * PDF_MARGIN, PDF_MARGIN],
                             height_ratios=[PDF_MARGIN, height - 2 * PDF_MARGIN, PDF_MARGIN], wspace=0, hspace=0)
     sheet = fig.add_subfigure(grid[1, 1])
     subs = sheet.subfigures(len(sections), 1, height_ratios=[r for _, r in sections])
     for sub, (draw, _) in zip(np.atleast_1d(subs), sections):
         draw(sub, page)
-    sheet.suptitle(f"{mpl_text(page.display, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.cam_layer}",
+    sheet.suptitle(f"{mpl_text(page.title, 90)}\n{page.model} · Grad-CAM++ at {page.explanation.cam_layer}",
                    fontsize=10)
+    if not page.options.style.title:
+        hide_titles(fig)
     return fig
 
 
@@ -383,9 +396,9 @@ def _head_html(page: ReportPage) -> Markup:
             f'<a href="index.html">all reports</a>')
     notes = "".join(f'<p class="muted">note: {esc(n)}</p>' for n in page.notes)
     return Markup(
-        f'<h1>{esc(page.display)}</h1>\n<p class="meta">{meta}</p>\n{notes}\n'
-        f'<div class="grid"><figure>{img(png_data_uri(page.photo, fmt="JPEG"), page.display, cls="wide")}'
-        f"<figcaption>input: {esc(page.display)}</figcaption></figure>\n"
+        f'<h1>{esc(page.title)}</h1>\n<p class="meta">{meta}</p>\n{notes}\n'
+        f'<div class="grid"><figure>{img(png_data_uri(page.photo, fmt="JPEG"), page.title, cls="wide")}'
+        f"<figcaption>input: {esc(page.title)}</figcaption></figure>\n"
         f'<div><h3>Top {len(exp.predictions)} predictions</h3>{_predictions_table(page)}</div></div>'
     )
 
@@ -451,7 +464,7 @@ def page_html(page: ReportPage) -> str:
     if neighbours is not None:
         parts.append(_section(f"{len(neighbours)} nearest gallery images", _neighbours_html(page)))
     parts.append(_REFERENCES)
-    return html_page(f"{page.display} · cnn-explain report", join(parts), css=_CSS)
+    return html_page(f"{page.title} · cnn-explain report", join(parts), css=_CSS)
 
 
 @dataclass

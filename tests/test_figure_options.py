@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,3 +127,55 @@ def test_tsne_figures_take_the_dpi_and_drop_their_titles(gallery_index: Path, tm
         assert "PCA of 36 images" in " ".join(_svg_texts(outputs["--title", "150", "svg"][key]))
         assert "PCA of" not in " ".join(_svg_texts(outputs["--no-title", "150", "svg"][key]))
     assert "feature map, coloured by label" in " ".join(_svg_texts(outputs["--no-title", "150", "svg"]["overview"]))
+
+
+def _visible_texts(figure: Any) -> str:
+    """Every text a matplotlib figure draws (its sub-figures and axes included)."""
+    from matplotlib.text import Text
+
+    return " ".join(t.get_text() for t in figure.findobj(Text) if t.get_visible() and t.get_text())
+
+
+def _report_figures(monkeypatch: pytest.MonkeyPatch, fmt: str, *args: str) -> list:
+    """Run ``report`` on chelsea.png and return the figures it drew (HTML sections or PDF pages), as drawn."""
+    import explain.report_render as render
+
+    figures: list = []
+    if fmt == "pdf":
+        original = render.pdf_figure
+        monkeypatch.setattr(render, "pdf_figure", lambda page: figures.append(original(page)) or figures[-1])
+    else:
+        original_uri = render.canvas_data_uri
+        monkeypatch.setattr(render, "canvas_data_uri", lambda fig, **kw: figures.append(fig) or original_uri(fig, **kw))
+    result = run("report", *args, "--format", fmt, "--samples", "0", "-q")
+    assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+    return figures
+
+
+def test_report_figures_take_the_dpi_and_titles(samples: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTML figures at 2/3 of --dpi (100 by default, 50 for --dpi 75), PDF pages at --dpi; --no-title: no section
+    or page title (panel labels stay); --no-title-path: page and PDF titles name the file, not its folders."""
+    photo = str(samples / "chelsea.png")
+    default = _report_figures(monkeypatch, "html", photo, "-o", str(tmp_path / "html"))
+    paper = _report_figures(monkeypatch, "html", photo, "-o", str(tmp_path / "paper"), "--dpi", "75", "--no-title",
+                            "--no-title-path")
+    assert [f.dpi for f in default] == [100] * len(default) and [f.dpi for f in paper] == [50] * len(paper)
+    assert "top class: tiger cat" in " ".join(_visible_texts(f) for f in default)
+    drawn = " ".join(_visible_texts(f) for f in paper)
+    assert "top class" not in drawn and "guided backprop" in drawn and "#1 tiger cat" in drawn
+    page = (tmp_path / "paper" / "chelsea.html").read_text(encoding="utf-8")
+    assert "<h1>chelsea.png</h1>" in page and "<title>chelsea.png · cnn-explain report</title>" in page
+    assert str(samples) not in page
+    assert f"<h1>{photo}</h1>" in (tmp_path / "html" / "chelsea.html").read_text(encoding="utf-8")
+
+    sheets = {flags: _report_figures(monkeypatch, "pdf", photo, "-o", str(tmp_path / "-".join(flags)), *flags)[0]
+              for flags in (("--dpi", "100"), ("--no-title-path",), ("--no-title",))}
+    assert sheets["--dpi", "100"].dpi == 100 and sheets["--no-title",].dpi == 150
+    assert f"{photo}\nefficientnet_lite0" in _visible_texts(sheets["--dpi", "100"])
+    assert "chelsea.png\nefficientnet_lite0" in _visible_texts(sheets["--no-title-path",])
+    assert str(samples) not in _visible_texts(sheets["--no-title-path",])
+    untitled = _visible_texts(sheets["--no-title",])
+    assert "chelsea" not in untitled and "top class" not in untitled and "nearest" not in untitled
+    assert "top 5 predictions" in untitled and "guided backprop" in untitled
