@@ -56,7 +56,7 @@ def resume_hint(out: Path) -> str:
 
 @handle_errors
 @model_command(model=None, model_option=AuditModelOpt, tasks=("classification", "detection"), batch_size=16,
-               out=Path("cnn-explain-audit"), out_option=AuditOutOpt)
+               out=Path("cnn-explain-audit"), out_option=AuditOutOpt, figures=True)
 def audit(
     dataset: DatasetArg,
     labels: LabelsOpt = None,
@@ -105,7 +105,7 @@ def audit(
     if labels is not None:
         opts = AuditOptions(labels=labels, boxes=boxes, groups=groups, layer=layer, sanity=sanity, shift=shift,
                             steps=steps, seed=model_options.seed, randomisation=randomisation.strip().lower(),
-                            cascade=cascade, worst=worst, restart=restart)
+                            cascade=cascade, worst=worst, restart=restart, style=run.style)
         opts.check()
     claim_output(run.out)  # before the (slow) model load; held until the audit ends (one run per journal)
     check_out_is_not_an_input(run.out, [dataset])
@@ -122,7 +122,7 @@ def audit(
 
         detection = DetectionAuditOptions(boxes=boxes, groups=groups, layer=layer, method=method.strip().lower(),
                                           iou=iou, score_threshold=score_threshold, min_size=min_size, worst=worst,
-                                          restart=restart)
+                                          restart=restart, style=run.style)
         _audit_detection(backbone, dataset, detection, out, make_settings, json_, quiet)
         return
     assert opts is not None and labels is not None  # _check_ground_truth: a classifier audit has labels

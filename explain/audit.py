@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from explain.audit_inputs import AuditInputs, load_audit_inputs
 from explain.audit_task import AuditTask, ClassificationSettings, ClassificationTask, sanity_sample
 from explain.errors import UsageError
+from explain.figures import FigureStyle
 from explain.manifest import Manifest, write_text
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class AuditOptions:
         cascade: run the sanity check's whole cascade (top layer first) rather than only the full randomisation.
         worst: how many worst examples per list the dashboard shows with overlays.
         restart: discard an existing journal in the output folder instead of resuming it.
+        style: the dashboard plots' resolution and titles, and how the page names the dataset.
     """
 
     labels: Path
@@ -84,6 +86,7 @@ class AuditOptions:
     cascade: bool = True
     worst: int = 8
     restart: bool = False
+    style: FigureStyle = FigureStyle()
 
     def check(self) -> None:
         """Raise :class:`UsageError` for an option out of range."""

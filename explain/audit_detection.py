@@ -59,6 +59,7 @@ from explain.audit_summary import _mean, _share, _values, group_gaps
 from explain.audit_task import AuditTask, rounded
 from explain.detection.targets import box_coverage, iou_matrix
 from explain.errors import InputError, TargetError, UsageError
+from explain.figures import FigureStyle
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +115,7 @@ class DetectionAuditOptions:
         min_size: the detector's internal resize (shorter side); ``None``: the model's own.
         worst: how many worst examples per list the dashboard shows with pictures.
         restart: discard an existing journal in the output folder instead of resuming it.
+        style: the dashboard plots' resolution and titles, and how the page names the dataset.
     """
 
     boxes: Path
@@ -125,6 +127,7 @@ class DetectionAuditOptions:
     min_size: int | None = None
     worst: int = 8
     restart: bool = False
+    style: FigureStyle = FigureStyle()
 
     def check(self) -> None:
         """Raise :class:`UsageError` for an option out of range."""

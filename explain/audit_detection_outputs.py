@@ -162,7 +162,7 @@ def write_detection_outputs(backbone: Backbone, task: DetectionTask, inputs: Aud
         overlay_files[key] = f"overlays/{stems[key[0]]}_object{safe_stem(str(key[1]))}.jpg"
         write_bytes(out / overlay_files[key], _jpeg(picture))
     uris = {f"{k[0]}#{k[1]}": png_data_uri(p, fmt="JPEG") for k, p in pictures.items()}
-    write_text(out / DETECTION_OUTPUTS["dashboard"], render_detection_dashboard(summary, objects, uris))
+    write_text(out / DETECTION_OUTPUTS["dashboard"], render_detection_dashboard(summary, objects, uris, opts.style))
     manifest = Manifest(command="audit", argv=settings.argv, model=backbone.manifest_record(),
                         extra={"task": "detection", "dataset": inputs.root.as_posix(), "layer": summary["layer"],
                                "method": opts.method, "outputs": dict(DETECTION_OUTPUTS)})

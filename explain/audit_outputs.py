@@ -159,7 +159,7 @@ def write_outputs(backbone: Backbone, task: AuditTask, inputs: AuditInputs, jour
         overlay_files[key] = f"overlays/{stem}.jpg"
         write_bytes(out / overlay_files[key], _jpeg(picture))
     uris = {key: png_data_uri(picture, fmt="JPEG") for key, picture in pictures.items()}
-    write_text(out / OUTPUTS["dashboard"], render_dashboard(summary, records, uris))
+    write_text(out / OUTPUTS["dashboard"], render_dashboard(summary, records, uris, opts.style))
     manifest = Manifest(command="audit", argv=settings.argv, model=backbone.manifest_record(),
                         extra={"task": task.name, "dataset": inputs.root.as_posix(), "layer": layer,
                                "method": "gradcam++", "outputs": dict(OUTPUTS)})

@@ -1,8 +1,10 @@
 """The audit's HTML dashboard: one self-contained page of numbers, plots and the worst examples.
 
 Built with :mod:`explain.html` (everything user-supplied escaped, images embedded as data URIs, no scripts); plots
-are matplotlib figures (``matplotlib.figure.Figure``, never a window) rendered to PNG data URIs. The page reads only
-the summary and the records, so it can be rebuilt from ``summary.json`` and ``images.jsonl`` at any time.
+are matplotlib figures (``matplotlib.figure.Figure``, never a window) rendered to PNG data URIs at ``--dpi`` times
+:data:`DPI_SCALE`; under ``--no-title`` the plots have no titles, and under ``--no-title-path`` the page names the
+dataset folder without its parents (:class:`explain.figures.FigureStyle`). The page reads only the summary and the
+records, so it can be rebuilt from ``summary.json`` and ``images.jsonl`` at any time.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from explain.audit_summary import CONFIDENT_PROB, describe_gap, group_count
-from explain.figures import format_prob
+from explain.figures import FigureStyle, format_prob
 from explain.html import Markup, esc, figure_data_uri, img, join, page, table
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ _CSS = """
 .plots img { width: 100%; height: auto; }
 .plots img.span { grid-column: 1 / -1; max-width: 1000px; }
 """
+
+DPI_SCALE = 2 / 3
+"""The plots' resolution relative to ``--dpi``: 100 dpi at the default 150, for a page on a screen."""
 
 _COLOURS = {"good": "#1f77b4", "bad": "#d62728", "random": "#7f7f7f", "cam": "#ff7f0e"}
 
@@ -71,8 +76,13 @@ def _figure(width: float = 5.6, height: float = 3.2) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _plot(fig: Figure, alt: str, cls: str | None = None) -> Markup:
-    return img(figure_data_uri(fig, dpi=100), alt, cls=cls)
+def _plot(fig: Figure, alt: str, style: FigureStyle = FigureStyle(), cls: str | None = None) -> Markup:
+    """A plot as an ``<img>``: at :data:`DPI_SCALE` of ``--dpi``; under ``--no-title`` without its title (a
+    one-axes plot's title is the axes title)."""
+    if not style.title:
+        for ax in fig.axes:
+            ax.set_title("")
+    return img(figure_data_uri(fig, dpi=style.scaled_dpi(DPI_SCALE)), alt, cls=cls)
 
 
 def _column(records: Sequence[dict[str, Any]], key: str,
@@ -84,7 +94,7 @@ def _column(records: Sequence[dict[str, Any]], key: str,
 # Plots
 
 
-def _probability_plot(records: Sequence[dict[str, Any]]) -> Markup:
+def _probability_plot(records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> Markup:
     fig = _figure()
     ax = fig.subplots()
     right = _column(records, "true_prob", lambda r: r["correct"])
@@ -94,10 +104,10 @@ def _probability_plot(records: Sequence[dict[str, Any]]) -> Markup:
     ax.set_xlabel("probability of the true class")
     ax.set_ylabel("images")
     ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=2)  # above the bars, never on one
-    return _plot(fig, "histogram of true-class probabilities")
+    return _plot(fig, "histogram of true-class probabilities", style)
 
 
-def _energy_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
+def _energy_plot(records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> Markup | None:
     energy = _column(records, "energy_in_box")
     if not energy:
         return None
@@ -110,10 +120,10 @@ def _energy_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
     ax.set_xlabel("share of map energy inside the boxes")
     ax.set_ylabel("images")
     ax.legend(frameon=False, fontsize=8, loc="best")
-    return _plot(fig, "histogram of the energy inside the boxes")
+    return _plot(fig, "histogram of the energy inside the boxes", style)
 
 
-def _faithfulness_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
+def _faithfulness_plots(records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> list[Markup]:
     plots = []
     for name, better in (("deletion", "below"), ("insertion", "above")):
         pairs = [(float(r[f"{name}_auc_random"]), float(r[f"{name}_auc"])) for r in records
@@ -130,11 +140,11 @@ def _faithfulness_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
         ax.set_xlabel(f"{name} AUC, random map")
         ax.set_ylabel(f"{name} AUC, Grad-CAM++")
         ax.set_title(f"{name}: Grad-CAM++ is better {better} the diagonal", fontsize=10)
-        plots.append(_plot(fig, f"{name} AUC of Grad-CAM++ against random maps"))
+        plots.append(_plot(fig, f"{name} AUC of Grad-CAM++ against random maps", style))
     return plots
 
 
-def _sanity_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
+def _sanity_plot(records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> Markup | None:
     rho = _column(records, "sanity_rho")
     if not rho:
         return None
@@ -149,10 +159,10 @@ def _sanity_plot(records: Sequence[dict[str, Any]]) -> Markup | None:
     ax.set_ylabel("images")
     ax.set_title("sanity check: low is good", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
-    return _plot(fig, "histogram of sanity-check rank correlations")
+    return _plot(fig, "histogram of sanity-check rank correlations", style)
 
 
-def _cascade_plot(sanity: dict[str, Any]) -> Markup | None:
+def _cascade_plot(sanity: dict[str, Any], style: FigureStyle = FigureStyle()) -> Markup | None:
     """Adebayo et al.'s cascade figure: median rank correlation (quartile band) as randomisation goes deeper."""
     steps = sanity.get("cascade") or []
     if len(steps) < 2:
@@ -179,10 +189,10 @@ def _cascade_plot(sanity: dict[str, Any]) -> Markup | None:
     ax.set_ylabel("Spearman rho with trained map")
     ax.set_title(f"sanity cascade ({sanity.get('randomisation')}): median and quartiles; low is good", fontsize=10)
     ax.legend(frameon=False, fontsize=8, loc="lower left")
-    return _plot(fig, "sanity check: rank correlation at each step of the cascading randomisation", cls="span")
+    return _plot(fig, "sanity check: rank correlation at each step of the cascading randomisation", style, cls="span")
 
 
-def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
+def _translation_plots(records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> list[Markup]:
     moved = _column(records, "shift_peak_move")
     if not moved:
         return []
@@ -196,7 +206,7 @@ def _translation_plots(records: Sequence[dict[str, Any]]) -> list[Markup]:
         ax.set_xlabel(label)
         ax.set_ylabel("images")
         ax.set_title("translation test", fontsize=10)
-        plots.append(_plot(fig, f"translation test: {label}"))
+        plots.append(_plot(fig, f"translation test: {label}", style))
     return plots
 
 
@@ -216,7 +226,8 @@ def _mark_empty_bars(ax: Any, where: Sequence[float], values: Sequence[float | N
 
 
 def _group_plot(column: str, groups: dict[str, dict[str, Any]],
-                metrics: Sequence[str] = ("accuracy", "mean_true_prob", "mean_energy_in_box")) -> Markup:
+                metrics: Sequence[str] = ("accuracy", "mean_true_prob", "mean_energy_in_box"),
+                style: FigureStyle = FigureStyle()) -> Markup:
     import numpy as np
 
     metrics = [m for m in metrics if any(g[m] is not None for g in groups.values())]
@@ -237,18 +248,19 @@ def _group_plot(column: str, groups: dict[str, dict[str, Any]],
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_title(f"by {column}" + (" (n/a: no data)" if missing else ""), fontsize=10)
     ax.legend(frameon=False, fontsize=8, ncols=len(metrics), loc="upper center")
-    return _plot(fig, f"per-group metrics by {column}")
+    return _plot(fig, f"per-group metrics by {column}", style)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections
 
 
-def _header(summary: dict[str, Any]) -> Markup:
+def _header(summary: dict[str, Any], style: FigureStyle = FigureStyle()) -> Markup:
     counts = summary["counts"]
     meta = (f"model {summary['model']} · {summary['method']} at {summary['layer']} · {counts['images']} images "
             f"audited · {counts['errors']} inputs failed")
-    return join([Markup(f"<h1>Audit of {esc(summary['dataset'])}</h1>"), Markup(f'<p class="meta">{esc(meta)}</p>')])
+    return join([Markup(f"<h1>Audit of {esc(style.name(summary['dataset']))}</h1>"),
+                 Markup(f'<p class="meta">{esc(meta)}</p>')])
 
 
 def _cards(summary: dict[str, Any]) -> Markup:
@@ -273,14 +285,15 @@ def _cards(summary: dict[str, Any]) -> Markup:
     return Markup(f'<div class="cards">{join(cards)}</div>')
 
 
-def _plots(summary: dict[str, Any], records: Sequence[dict[str, Any]]) -> Markup:
-    plots = [p for p in (_probability_plot(records), _energy_plot(records), *_faithfulness_plots(records),
-                         _sanity_plot(records), _cascade_plot(summary["sanity"]), *_translation_plots(records))
+def _plots(summary: dict[str, Any], records: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> Markup:
+    plots = [p for p in (_probability_plot(records, style), _energy_plot(records, style),
+                         *_faithfulness_plots(records, style), _sanity_plot(records, style),
+                         _cascade_plot(summary["sanity"], style), *_translation_plots(records, style))
              if p is not None]
     return Markup(f'<h2>Distributions</h2><div class="plots">{join(plots)}</div>')
 
 
-def _groups(summary: dict[str, Any]) -> Markup:
+def _groups(summary: dict[str, Any], style: FigureStyle = FigureStyle()) -> Markup:
     parts: list[Markup] = []
     columns = [("images", "n"), ("accuracy", "accuracy"), ("mean prob", "mean_prob"),
                ("mean true prob", "mean_true_prob")]
@@ -293,7 +306,7 @@ def _groups(summary: dict[str, Any]) -> Markup:
         gaps = [describe_gap(metric, gap) for metric, gap in block["gap"].items()]
         parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
                   Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
-                  _group_plot(column, groups)]
+                  _group_plot(column, groups, style=style)]
     return Markup(f"<h2>Groups</h2>{join(parts)}") if parts else Markup("")
 
 
@@ -360,23 +373,25 @@ def _problems(summary: dict[str, Any]) -> Markup:
     return Markup(f'<h2 class="error">Problems</h2>{join(parts)}') if parts else Markup("")
 
 
-def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]], overlays: dict[str, str]) -> str:
+def render_dashboard(summary: dict[str, Any], records: Sequence[dict[str, Any]], overlays: dict[str, str],
+                     style: FigureStyle = FigureStyle()) -> str:
     """The whole dashboard page.
 
     Args:
         summary: the ``summary.json`` content (see :func:`explain.audit_outputs.write_outputs`).
         records: the per-image records, sorted by path.
         overlays: path -> data URI of the worst examples' overlays.
+        style: the plots' resolution and titles, and how the page names the dataset.
 
     Returns:
         A self-contained HTML document.
     """
     body = join([
-        _header(summary), _cards(summary), _plots(summary, records), _groups(summary),
+        _header(summary, style), _cards(summary), _plots(summary, records, style), _groups(summary, style),
         _worst(summary, records, overlays), _rwr_table(summary), _problems(summary),
         Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DEFINITIONS}</details>"),
     ])
-    return page(f"Audit of {summary['dataset']}", body, css=_CSS)
+    return page(f"Audit of {style.name(summary['dataset'])}", body, css=_CSS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -418,7 +433,8 @@ def _detection_cards(summary: dict[str, Any]) -> Markup:
 
 
 def _histogram(values: Sequence[float], xlabel: str, ylabel: str, alt: str,
-               line: tuple[float, str] | None = None, colour: str = _COLOURS["cam"]) -> Markup | None:
+               line: tuple[float, str] | None = None, colour: str = _COLOURS["cam"],
+               style: FigureStyle = FigureStyle()) -> Markup | None:
     if not values:
         return None
     fig = _figure()
@@ -429,28 +445,28 @@ def _histogram(values: Sequence[float], xlabel: str, ylabel: str, alt: str,
         ax.legend(frameon=False, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _plot(fig, alt)
+    return _plot(fig, alt, style)
 
 
-def _detection_plots(objects: Sequence[dict[str, Any]]) -> Markup:
+def _detection_plots(objects: Sequence[dict[str, Any]], style: FigureStyle = FigureStyle()) -> Markup:
     found = [r for r in objects if r.get("matched")]
     area = _column(found, "area_share")
     plots = [
         _histogram(_column(found, "score"), "confidence of the matching detection", "objects",
-                   "histogram of the matched detections' confidence", colour=_COLOURS["good"]),
+                   "histogram of the matched detections' confidence", colour=_COLOURS["good"], style=style),
         _histogram(_column(found, "iou"), "IoU with the matching detection", "objects",
-                   "histogram of the matched detections' IoU", colour=_COLOURS["good"]),
+                   "histogram of the matched detections' IoU", colour=_COLOURS["good"], style=style),
         _histogram(_column(found, "energy_in_box"), "share of the map's energy on the object", "objects",
                    "histogram of the energy on the object",
-                   (sum(area) / len(area), "mean box area (uniform map)") if area else None),
+                   (sum(area) / len(area), "mean box area (uniform map)") if area else None, style=style),
         _histogram(_column(objects, "best_iou", lambda r: r.get("matched") is False),
                    "best IoU of any detection with a missed object", "objects",
-                   "histogram of the best IoU of missed objects", colour=_COLOURS["bad"]),
+                   "histogram of the best IoU of missed objects", colour=_COLOURS["bad"], style=style),
     ]
     return Markup(f'<h2>Distributions</h2><div class="plots">{join(p for p in plots if p is not None)}</div>')
 
 
-def _detection_groups(summary: dict[str, Any]) -> Markup:
+def _detection_groups(summary: dict[str, Any], style: FigureStyle = FigureStyle()) -> Markup:
     parts: list[Markup] = []
     for column, block in summary["groups"].items():
         groups = block["groups"]
@@ -461,7 +477,7 @@ def _detection_groups(summary: dict[str, Any]) -> Markup:
         gaps = [describe_gap(metric, gap) for metric, gap in block["gap"].items()]
         parts += [Markup(f"<h3>By {esc(column)}</h3>"), table(headers, rows),
                   Markup(f'<p class="muted">Gaps: {esc("; ".join(gaps) or "fewer than two groups")}</p>'),
-                  _group_plot(column, groups, _DETECTION_GROUP_COLUMNS)]
+                  _group_plot(column, groups, _DETECTION_GROUP_COLUMNS, style=style)]
     return Markup(f"<h2>Groups</h2>{join(parts)}") if parts else Markup("")
 
 
@@ -510,13 +526,14 @@ def _detection_worst(summary: dict[str, Any], objects: Sequence[dict[str, Any]],
 
 
 def render_detection_dashboard(summary: dict[str, Any], objects: Sequence[dict[str, Any]],
-                               pictures: dict[str, str]) -> str:
+                               pictures: dict[str, str], style: FigureStyle = FigureStyle()) -> str:
     """The detection audit's page: cards, distributions, groups with their gaps, worst examples, problems.
 
     Args:
         summary: the ``summary.json`` content (see :func:`explain.audit_detection_outputs.write_detection_outputs`).
         objects: the object records, sorted by path.
         pictures: ``"path#object_id"`` -> data URI of the worst examples' pictures.
+        style: the plots' resolution and titles, and how the page names the dataset.
 
     Returns:
         A self-contained HTML document.
@@ -528,10 +545,11 @@ def render_detection_dashboard(summary: dict[str, Any], objects: Sequence[dict[s
             f"IoU >= {options['iou']:g}, confidence >= {options['score_threshold']:g} · {counts['errors']} "
             "inputs failed")
     body = join([
-        Markup(f"<h1>Detection audit of {esc(summary['dataset'])}</h1>"), Markup(f'<p class="meta">{esc(meta)}</p>'),
-        _detection_cards(summary), _detection_plots(objects), _detection_groups(summary),
+        Markup(f"<h1>Detection audit of {esc(style.name(summary['dataset']))}</h1>"),
+        Markup(f'<p class="meta">{esc(meta)}</p>'),
+        _detection_cards(summary), _detection_plots(objects, style), _detection_groups(summary, style),
         _detection_worst(summary, objects, pictures), _problems(summary),
         Markup(f"<h2>Definitions</h2><details><summary>what the numbers mean</summary>{_DETECTION_DEFINITIONS}"
                "</details>"),
     ])
-    return page(f"Detection audit of {summary['dataset']}", body, css=_CSS)
+    return page(f"Detection audit of {style.name(summary['dataset'])}", body, css=_CSS)

@@ -179,3 +179,36 @@ def test_report_figures_take_the_dpi_and_titles(samples: Path, tmp_path: Path,
     untitled = _visible_texts(sheets["--no-title",])
     assert "chelsea" not in untitled and "top class" not in untitled and "nearest" not in untitled
     assert "top 5 predictions" in untitled and "guided backprop" in untitled
+
+
+def test_audit_dashboard_plots_take_the_dpi_and_titles(samples: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's plots at 2/3 of --dpi (100 by default); --no-title: the plots' titles are gone (their axis
+    labels stay); --no-title-path: the page names the dataset folder, not its parents."""
+    import explain.dashboard as dashboard
+
+    root = tmp_path / "photos" / "ds"
+    root.mkdir(parents=True)
+    for name in ("chelsea.png", "coffee.png"):
+        (root / name).write_bytes((samples / name).read_bytes())
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,class_name\nchelsea.png,tabby\ncoffee.png,espresso\n")
+    plots: dict[str, list[tuple[Any, int]]] = {}
+    original = dashboard.figure_data_uri
+    for flags in ((), ("--dpi", "75", "--no-title", "--no-title-path")):
+        drawn = plots.setdefault(" ".join(flags), [])
+        monkeypatch.setattr(dashboard, "figure_data_uri",
+                            lambda fig, dpi, drawn=drawn: drawn.append((fig, dpi)) or original(fig, dpi=dpi))
+        result = run("audit", str(root), "--labels", str(labels), "-o", str(tmp_path / "out" / str(len(plots))),
+                     "--steps", "2", "--shift", "2", "--sanity", "0", "--worst", "1", "-q", *flags)
+        assert result.exit_code == 0, result.output
+    default, paper = plots[""], plots["--dpi 75 --no-title --no-title-path"]
+    assert {dpi for _, dpi in default} == {100} and {dpi for _, dpi in paper} == {50}
+    titled = " ".join(_visible_texts(fig) for fig, _ in default)
+    untitled = " ".join(_visible_texts(fig) for fig, _ in paper)
+    assert "Grad-CAM++ is better below the diagonal" in titled and "translation test" in titled
+    assert "better below" not in untitled and "translation test" not in untitled
+    assert "deletion AUC, random map" in untitled  # axis labels stay
+    page = (tmp_path / "out" / "2" / "dashboard.html").read_text(encoding="utf-8")
+    assert "<h1>Audit of ds</h1>" in page and "photos" not in page
+    assert f"<h1>Audit of {root.as_posix()}</h1>" in (tmp_path / "out" / "1" / "dashboard.html").read_text()
