@@ -38,7 +38,8 @@ class CamOptions:
             backbone's default layer.
         targets: ``--target`` values: class index, class name, ``topK``. Empty (and no neurons): ``top1``.
         neurons: ``--neuron`` values: ``LAYER:C`` or ``LAYER:C:Y:X``.
-        fmt: figure format for the panels (``png``, ``svg``, ``pdf``); overlays are always PNG at photo size.
+        fmt: figure format for the panels (``png``, ``svg``, ``pdf``); overlays are always PNG at photo size
+            (scaled down to :data:`explain.display.DISPLAY_MAX_PIXELS` for a larger photo).
         colormap: matplotlib colour map name.
         alpha: heat opacity in the overlay.
         top_k: how many predicted classes each manifest item lists.
@@ -143,8 +144,9 @@ def _write_item(
         for layer in layers:
             outputs["map_layer"][layer] = f"{base}_layer_{layer_slug(layer)}.npy"
             write_npy(out / outputs["map_layer"][layer], cam.maps_layer[layer])
-    full = map_to_image(cam.map, loaded.image.size, sample.geometry.crop_box)
-    blended = overlay(loaded.image, full, opts.colormap, opts.alpha)
+    shown = loaded.shown.image  # the photo, scaled down to a bounded size when it is huge
+    full = map_to_image(cam.map, shown.size, sample.shown_crop_box())
+    blended = overlay(shown, full, opts.colormap, opts.alpha)
     write_bytes(out / outputs["overlay"], _png_bytes(blended))
     if isinstance(cam.target, ClassTarget):
         target, what = class_target_record(cam.target.index, cam.score, cam.rank, backbone.class_names, probs,
@@ -154,7 +156,7 @@ def _write_item(
         what = f"neuron {cam.target} · value {cam.score:.3g}"
     layer_text = ", ".join(layers)
     title = f"{opts.style.name(loaded.display)}\n{what} · {METHOD_TITLES.get(method, method)} at {layer_text}"
-    fig = heatmap_panel(loaded.image, full, blended, title, opts.colormap)
+    fig = heatmap_panel(shown, full, blended, title, opts.colormap)
     opts.style.save(out / outputs["figure"], fig)
     item = image_record(sample, prediction)
     item.update({"method": method, "layer": layers[0] if len(layers) == 1 else layers, "target": target,

@@ -23,6 +23,11 @@ class Sample:
     tensor: torch.Tensor
     geometry: Geometry
 
+    def shown_crop_box(self) -> tuple[float, float, float, float]:
+        """:attr:`Geometry.crop_box` (the model input's place in the photo) in the pixels of the photo as figures
+        draw it (:attr:`explain.images.LoadedImage.shown`)."""
+        return self.loaded.shown.box(self.geometry.crop_box)
+
 
 @dataclass
 class Batch:

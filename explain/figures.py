@@ -98,8 +98,8 @@ class FigureStyle:
         return self
 
     def name(self, display: str) -> str:
-        """An input's name for a figure title: its path as the user gave it, or only its file name."""
-        return display if self.title_path else PurePosixPath(display).name
+        """An input's name for a figure title: its path as the user gave it, or only its file (or folder) name."""
+        return display if self.title_path else PurePosixPath(display).name or display  # "." has no name
 
     def title_of(self, text: str) -> str:
         """A figure's title to draw: ``text``, or ``""`` without :attr:`title` (for figures that lay out their title
@@ -183,6 +183,16 @@ def map_to_image(map01: np.ndarray, image_size: tuple[int, int], crop_box: Seque
     return full
 
 
+def colour_rgb(map01: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """``colormap`` applied to values in [0, 1] (clipped; NaN as 0): float32 RGB ``(..., 3)`` in [0, 1].
+
+    Looked up in 8 bits (the colour map's own 256-entry table) and then scaled: matplotlib's float lookup makes a
+    float64 RGBA copy, 128 MB for a 4 MP map, several times over in one figure.
+    """
+    rgba = check_colormap(colormap)(np.clip(np.nan_to_num(map01), 0.0, 1.0), bytes=True)
+    return rgba[..., :3].astype(np.float32) / np.float32(255.0)
+
+
 def overlay(image: Image.Image, full_map: np.ndarray, colormap: str = DEFAULT_COLORMAP,
             alpha: float = 0.5) -> Image.Image:
     """Blend a colour-mapped ``full_map`` (values in [0, 1], NaN outside the crop) over ``image``.
@@ -196,7 +206,7 @@ def overlay(image: Image.Image, full_map: np.ndarray, colormap: str = DEFAULT_CO
         raise UsageError(f"--alpha must lie in [0, 1] (got {alpha})")
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     seen = ~np.isnan(full_map)
-    colours = check_colormap(colormap)(np.nan_to_num(np.clip(full_map, 0.0, 1.0)))[..., :3]
+    colours = colour_rgb(full_map, colormap)
     out = np.where(seen[..., None], (1.0 - alpha) * photo + alpha * colours, 0.45 * photo)
     return PILImage.fromarray(np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8))
 

@@ -56,11 +56,13 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from explain.display import DisplayCopy, display_copy
 from explain.errors import InputError, UsageError, os_reason
 from explain.manifest import holds_run_manifest
 
@@ -133,6 +135,12 @@ class LoadedImage:
     def size(self) -> tuple[int, int]:
         """The ``(width, height)`` of :attr:`image`."""
         return self.image.size
+
+    @cached_property
+    def shown(self) -> DisplayCopy:
+        """The photo as figures draw it: :attr:`image`, scaled down to at most
+        :data:`explain.display.DISPLAY_MAX_PIXELS` pixels when larger (made once). Model inputs use :attr:`image`."""
+        return display_copy(self.image)
 
 
 # --------------------------------------------------------------------------------------------------------------

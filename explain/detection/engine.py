@@ -103,8 +103,10 @@ class DetectorTrace:
         detections: per photo, the detector's detections in its order (best first), boxes in photo pixels.
         candidates: per photo, the candidates' logits, confidences and decoded boxes (graph-connected tensors).
         resized: per photo, ``(height, width)`` after the detector's internal resize.
-        originals: per photo, ``(height, width)`` of the photo.
+        originals: per photo, ``(height, width)`` of the photo (the frame of the detections' boxes).
         canvas: ``(height, width)`` of the padded batch the backbone saw.
+        inputs: per photo, ``(height, width)`` of the tensor handed to the detector: the photo's own size, or a
+            scaled-down copy's (maps are made at this size); empty: the same as ``originals``.
     """
 
     kind: str
@@ -113,6 +115,7 @@ class DetectorTrace:
     resized: list[tuple[int, int]]
     originals: list[tuple[int, int]]
     canvas: tuple[int, int]
+    inputs: list[tuple[int, int]] = field(default_factory=list)
 
     def score(self, detection: Detection, component: str = "score") -> torch.Tensor:
         """The differentiable scalar ``Y`` of ``detection`` (see the module docstring)."""
@@ -224,11 +227,14 @@ def _match(cand: _Candidates, boxes: torch.Tensor, scores: torch.Tensor, labels:
     return rows
 
 
-def trace_detector(model: nn.Module, images: Sequence[torch.Tensor]) -> tuple[DetectorTrace, Any]:
+def trace_detector(model: nn.Module, images: Sequence[torch.Tensor],
+                   photo_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[DetectorTrace, Any]:
     """Run ``model`` on ``images`` (``[0, 1]`` tensors ``(3, H, W)``) and trace every detection to its candidate.
 
     Runs in the caller's grad mode and hooks (the caller decides where the autograd graph starts); the model should
-    be in eval mode. Returns the trace and the detector's own output (a list of dicts, photo pixels).
+    be in eval mode. Returns the trace and the detector's own output (a list of dicts, in the tensors' pixels).
+    ``photo_sizes`` (``(width, height)`` per image) says that a tensor is a scaled-down copy of a larger photo: the
+    detections' boxes (and box components, :meth:`DetectorTrace.score`) are then in the photo's pixels.
 
     Raises:
         TraceError: a detection that matches no candidate.
@@ -239,20 +245,24 @@ def trace_detector(model: nn.Module, images: Sequence[torch.Tensor]) -> tuple[De
         output = model(list(images))
     image_list = store["images"]
     resized = [(int(h), int(w)) for h, w in image_list.image_sizes]
-    originals = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+    inputs = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+    originals = [(h, w) for w, h in photo_sizes] if photo_sizes is not None else list(inputs)
+    if len(originals) != len(inputs):
+        raise UsageError(f"got {len(originals)} photo sizes for {len(inputs)} images")
     cands = _candidates(model, kind, store["args"])
     detections: list[list[Detection]] = []
     for i, ((boxes, scores, labels), final) in enumerate(zip(_raw_detections(kind, store["result"]), output,
                                                              strict=True)):
         rows = _match(cands[i], boxes, scores, labels, resized[i])
-        photo_boxes = final["boxes"].detach().float().cpu().tolist()
+        to_photo = final["boxes"].new_tensor([originals[i][1] / inputs[i][1], originals[i][0] / inputs[i][0]] * 2)
+        photo_boxes = (final["boxes"].detach().float() * to_photo).cpu().tolist()
         detections.append([
             Detection(image_index=i, rank=r, label=int(label), score=float(score),
                       box=tuple(float(v) for v in photo_boxes[r]), source=row)  # type: ignore[arg-type]
             for r, (row, label, score) in enumerate(zip(rows, labels.tolist(), scores.detach().tolist(), strict=True))
         ])
     canvas = (int(image_list.tensors.shape[-2]), int(image_list.tensors.shape[-1]))
-    return DetectorTrace(kind, detections, cands, resized, originals, canvas), output
+    return DetectorTrace(kind, detections, cands, resized, originals, canvas, inputs), output
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -268,10 +278,11 @@ class DetectionMap:
         detection: the explained detection.
         component: ``"score"`` or a box coordinate.
         value: the explained scalar ``Y`` (the class logit, or the coordinate in photo pixels).
-        map: float32 ``(H, W)`` at photo resolution: the normalised CAM in [0, 1], or for guided backprop the
+        map: float32 ``(H, W)`` at the resolution of the photo tensor (the photo's, unless the detector was handed
+            a scaled-down copy of a large photo): the normalised CAM in [0, 1], or for guided backprop the
             channel-summed absolute gradient normalised to [0, 1].
         maps_layer: CAMs: layer -> ``ReLU(sum_k w_k A_k)`` at the layer's resolution over the padded canvas.
-        gradient: guided backprop: float32 ``(3, H, W)`` ``dY/dphoto``; ``None`` for CAMs.
+        gradient: guided backprop: float32 ``(3, H, W)`` ``dY/dphoto`` (of the photo tensor); ``None`` for CAMs.
         notes: e.g. a layer the score does not depend on (its map is empty).
     """
 
@@ -372,6 +383,7 @@ def explain_detections(
     request: DetectionRequest | None = None,
     method: str = "gradcam++",
     layers: str | Sequence[str] | None = None,
+    photo_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> DetectionResult:
     """Explain chosen detections of a torchvision detector on a batch of photos.
 
@@ -382,6 +394,9 @@ def explain_detections(
         method: ``"gradcam"``, ``"gradcam++"`` or ``"guided"`` (guided backpropagation).
         layers: CAM layer(s), dotted names (``cnn-explain layers``); several are fused by the mean of their
             normalised maps. Required for CAMs, ignored by guided backprop.
+        photo_sizes: ``(width, height)`` of the photos when ``images`` are scaled-down copies of them
+            (:class:`explain.detection.models.DetectionPreprocess` bounds large photos): boxes, ``request.box`` and
+            box components are then in photo pixels, maps and gradients at the size of ``images``.
 
     Returns:
         A :class:`DetectionResult`; photos where nothing was chosen carry a note instead of maps.
@@ -399,22 +414,22 @@ def explain_detections(
             raise UsageError("detector inputs must be float (3, H, W) tensors in [0, 1]")
     detector_kind(model)
     if method == "guided":
-        return _guided_detections(model, images, request)
+        return _guided_detections(model, images, request, photo_sizes)
     names = [layers] if isinstance(layers, str) else list(layers or [])
     if not names:
         raise UsageError("a CAM needs at least one layer (the CLI uses the model's default)")
     cam = _cam_class(method, model, names)
-    return _cam_detections(model, images, request, cam)
+    return _cam_detections(model, images, request, cam, photo_sizes)
 
 
 def _cam_detections(model: nn.Module, images: Sequence[torch.Tensor], request: DetectionRequest,
-                    cam: Any) -> DetectionResult:
+                    cam: Any, photo_sizes: Sequence[tuple[int, int]] | None) -> DetectionResult:
     layers = list(cam.layers)
     with torch.inference_mode(False), eval_mode(model):
         xs = _to_model(model, images)
         tap = LayerTap(model, layers, gradient_sources=layers, spatial=layers)
         with tap, torch.no_grad():
-            trace, _ = trace_detector(model, xs)
+            trace, _ = trace_detector(model, xs, photo_sizes)
         tap.require_all()
         chosen, notes = _choose(trace, request)
         acts = [tap.outputs[layer] for layer in layers]
@@ -449,7 +464,7 @@ def _detection_cam(cam: Any, trace: DetectorTrace, d: Detection, value: float, c
         layer_map = _layer_cam(cam, a[i].detach(), gi)
         maps_layer[layer] = layer_map.detach().float().cpu().numpy()
         photo_maps.append(normalize_maps(_to_photo(layer_map.detach(), trace.canvas, trace.resized[i],
-                                                   trace.originals[i])))
+                                                   (trace.inputs or trace.originals)[i])))
     fused = photo_maps[0] if len(photo_maps) == 1 else torch.stack(photo_maps).mean(0)
     return DetectionMap(detection=d, component=component, value=value, map=fused.cpu().numpy(),
                         maps_layer=maps_layer, notes=notes)
@@ -464,15 +479,15 @@ def _choose(trace: DetectorTrace, request: DetectionRequest) -> tuple[list[list[
     return chosen, notes
 
 
-def _guided_detections(model: nn.Module, images: Sequence[torch.Tensor],
-                       request: DetectionRequest) -> DetectionResult:
+def _guided_detections(model: nn.Module, images: Sequence[torch.Tensor], request: DetectionRequest,
+                       photo_sizes: Sequence[tuple[int, int]] | None) -> DetectionResult:
     from explain.guided import GuidedRectifiers, no_rectifier_warning
 
     guided = GuidedRectifiers(model, "guided")
     with torch.inference_mode(False), eval_mode(model):
         leaves = [x.requires_grad_(True) for x in _to_model(model, images)]
         with torch.enable_grad(), guided:
-            trace, _ = trace_detector(model, leaves)
+            trace, _ = trace_detector(model, leaves, photo_sizes)
         chosen, notes = _choose(trace, request)
         results: dict[Detection, DetectionMap] = {}
         slots = _slots(chosen)

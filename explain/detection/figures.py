@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.detection.targets import Detection
-from explain.figures import DEFAULT_COLORMAP, check_colormap
+from explain.figures import DEFAULT_COLORMAP, check_colormap, colour_rgb
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -231,8 +231,7 @@ def _colour_bar(fig: Figure, ax: Any, colormap: str, label: str, width: float = 
 def blend(image: Image.Image, map01: np.ndarray, colormap: str = DEFAULT_COLORMAP, alpha: float = 0.5) -> np.ndarray:
     """``(1 - alpha) photo + alpha colour(map)`` as float RGB ``(H, W, 3)`` (map at photo size, in [0, 1])."""
     photo = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    colours = check_colormap(colormap)(np.clip(np.nan_to_num(map01), 0.0, 1.0))[..., :3]
-    return (1.0 - alpha) * photo + alpha * colours
+    return (1.0 - alpha) * photo + alpha * colour_rgb(map01, colormap)
 
 
 def to_pil(rgb01: np.ndarray) -> Image.Image:

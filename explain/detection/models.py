@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from explain.backbones import BackboneSpec, is_weights_file, register, torchvision_available
 from explain.backbones.base import Backbone, Geometry
+from explain.display import DISPLAY_MAX_PIXELS, display_copy, display_size
 from explain.errors import ModelError
 
 if TYPE_CHECKING:
@@ -66,27 +67,36 @@ BACKGROUND = "__background__"
 class DetectionPreprocess:
     """Photo -> ``(3, H, W)`` float tensor in [0, 1] at the photo's own size (detectors resize internally).
 
+    A photo of more than ``max_pixels`` pixels is first scaled down (antialiased, aspect ratio kept) to the size
+    figures draw it at (:func:`explain.display.display_copy`): the detector resizes its input to about 1 MP
+    (``min_size`` 800, ``max_size`` 1333 for R-CNN) in any case, and a float tensor of a 99 MP photo alone would
+    take 1.2 GB. The detector then sees a smoothly downsampled photo where it would have sampled the full one.
+
     Attributes:
         crop: the nominal ``(height, width)`` the detector resizes to (``min_size`` for R-CNN-style transforms, the
             fixed size for SSD); used for layer tables only.
+        max_pixels: largest photo handed to the detector at its own size.
     """
 
     crop: tuple[int, int]
+    max_pixels: int = DISPLAY_MAX_PIXELS
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import numpy as np
         import torch
 
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        array = np.asarray(display_copy(image, self.max_pixels).image.convert("RGB"), dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def geometry(self, width: int, height: int) -> Geometry:
-        """The whole photo is the model input."""
+        """The whole photo is the model input (scaled down when larger than ``max_pixels``)."""
+        input_width, input_height = display_size(width, height, self.max_pixels)
         return Geometry(image_size=(width, height), crop_box=(0.0, 0.0, float(width), float(height)),
-                        model_input=(height, width))
+                        model_input=(input_height, input_width))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": "detector", "scale": "[0, 1]", "resize": "inside the model", "nominal_size": list(self.crop)}
+        return {"kind": "detector", "scale": "[0, 1]", "resize": "inside the model", "nominal_size": list(self.crop),
+                "max_pixels": self.max_pixels}
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,16 @@ Outputs per photo (folder named after the input): ``detections.png`` (every dete
 or ``classes.png`` (the predicted class map); per explained detection / class mask: ``*.npy`` (the map at photo
 resolution for detectors, at model-input resolution for segmenters), ``*_layer.npy`` (CAMs: the map at the layer's
 resolution), ``*_gradient.npy`` (guided backprop: ``dY/dinput``), ``*.png`` (the map over the photo, box or region
-drawn) and ``*_panel.{png,svg,pdf}``. The manifest lists all of it (``items``: one per explained detection or mask;
-``images``: every photo's detections or classes, and a note when nothing was explained); it is written last by the
-caller.
+drawn) and ``*_panel.{png,svg,pdf}``. A photo larger than :data:`explain.display.DISPLAY_MAX_PIXELS` is drawn
+scaled down to that size, and so is the photo a detector is handed (its maps and gradients have that size; boxes
+stay in photo pixels), so memory stays bounded whatever the photo's size. The manifest lists all of it (``items``:
+one per explained detection or mask; ``images``: every photo's detections or classes, and a note when nothing was
+explained); it is written last by the caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explain.display import panel_copy
 from explain.errors import InputError, ModelError, UsageError
 from explain.figures import FigureStyle
 from explain.manifest import Manifest, write_bytes, write_npy
@@ -253,7 +257,7 @@ def run_detect(backbone: Backbone, files: Sequence[ImageFile], opts: DetectOptio
         if not batch:
             continue
         result = explain_detections(backbone.model, [t.to(settings.device) for _, t in batch], request, method,
-                                    layers)
+                                    layers, photo_sizes=[loaded.image.size for loaded, _ in batch])
         for i, (loaded, _) in enumerate(batch):
             stem = stems[loaded.display]
             geometry = backbone.preprocess.geometry(*loaded.image.size)
@@ -281,7 +285,13 @@ def _draw_all(loaded: LoadedImage, detections: Sequence[Detection], class_names:
               explained: Sequence[int], tag_all: bool = True) -> Any:
     from explain.detection.figures import draw_detections
 
-    return draw_detections(loaded.image, detections, class_names, explained, tag_all=tag_all, min_side=480)
+    shown = [_shown_detection(loaded, d) for d in detections]
+    return draw_detections(loaded.shown.image, shown, class_names, explained, tag_all=tag_all, min_side=480)
+
+
+def _shown_detection(loaded: LoadedImage, d: Detection) -> Detection:
+    """``d`` with its box in the pixels of the photo as figures draw it (:attr:`LoadedImage.shown`)."""
+    return dataclasses.replace(d, box=loaded.shown.box(d.box))
 
 
 def _selection_record(request: DetectionRequest, class_names: Sequence[str]) -> dict[str, Any]:
@@ -305,16 +315,18 @@ def _write_detection(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m
     suffix = "" if m.component == "score" else f"_{m.component}"
     base = f"{stem}/{_method_slug(method)}_rank{d.rank + 1}_{d.label}{suffix}"
     outputs = _write_arrays(out, base, opts.fmt, m)
-    shown = guided_image(m.gradient) if m.gradient is not None else blend(loaded.image, m.map, opts.colormap,
+    # the map and the photo as drawn have one size: the detector was handed the photo bounded like its drawn copy
+    shown = guided_image(m.gradient) if m.gradient is not None else blend(loaded.shown.image, m.map, opts.colormap,
                                                                            opts.alpha)
-    write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), d)))
+    write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), _shown_detection(loaded, d))))
     name = backbone.class_names[d.label]
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else " (dY/dphoto)")
     title = (f"{opts.style.name(loaded.display)}\n#{d.rank + 1} {name} · confidence {d.score:.2f} · explained: "
              f"{COMPONENT_TEXT[m.component]} = {m.value:.3g}")
     label = f"{METHOD_TITLES[method]} of the {COMPONENT_TEXT[m.component]}, normalised"
-    opts.style.save(out / outputs["figure"], detection_panel(boxes, shown, d, title, where,
-                                                             None if m.gradient is not None else opts.colormap, label))
+    panel = detection_panel(panel_copy(boxes), shown, _shown_detection(loaded, d), title, where,
+                            None if m.gradient is not None else opts.colormap, label)
+    opts.style.save(out / outputs["figure"], panel)
     item = _image_record(loaded, geometry)
     item.update({
         "prediction": None, "method": method, "layer": layers[0] if len(layers) == 1 else layers,
@@ -398,7 +410,7 @@ def _segment_group(group: list[tuple[LoadedImage, Any]], backbone: Backbone, opt
     for i, (loaded, _) in enumerate(group):
         stem = stems[loaded.display]
         geometry = backbone.preprocess.geometry(*loaded.image.size)
-        predicted = _class_map_to_photo(result.predicted[i], loaded.image.size)
+        predicted = _class_map_to_photo(result.predicted[i], loaded.shown.image.size)  # as drawn
         write_bytes(out / f"{stem}/classes.png", _png(_class_picture(predicted, backbone.class_names)))
         write_npy(out / f"{stem}/classes.npy", result.predicted[i].astype(np.int64))
         present = [int(c) for c in np.unique(result.predicted[i])]
@@ -446,14 +458,16 @@ def _write_mask(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m: Seg
     outputs = _write_arrays(out, base, opts.fmt, m)
     outputs["mask"] = f"{base}_region.npy"
     write_npy(out / outputs["mask"], m.mask.astype(np.uint8))
-    full = np.nan_to_num(map_to_image(m.map, loaded.image.size, geometry.crop_box))
-    region = map_to_image(m.mask.astype(np.float32), loaded.image.size, geometry.crop_box) > 0.5
-    write_bytes(out / outputs["overlay"], _png(to_pil(blend(loaded.image, full, opts.colormap, opts.alpha))))
+    photo, crop_box = loaded.shown.image, loaded.shown.box(geometry.crop_box)  # bounded for drawing
+    full = np.nan_to_num(map_to_image(m.map, photo.size, crop_box))
+    region = map_to_image(m.mask.astype(np.float32), photo.size, crop_box) > 0.5
+    write_bytes(out / outputs["overlay"], _png(to_pil(blend(photo, full, opts.colormap, opts.alpha))))
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else "")
     region_text = "pixels predicted as it" if m.region == "predicted" else "the given mask"
     title = (f"{opts.style.name(loaded.display)}\nclass {m.target} {name}: sum of its logits over {region_text} "
              f"({m.pixels} px of the model's {m.mask.shape[1]}x{m.mask.shape[0]} output) = {m.value:.4g}")
-    fig = segmentation_panel(loaded.image, predicted, backbone.class_names, full, region, title,
+    fig = segmentation_panel(panel_copy(photo), panel_copy(predicted), backbone.class_names, panel_copy(full),
+                             panel_copy(region), title,
                              f"{where} (white: the region)", opts.colormap)
     opts.style.save(out / outputs["figure"], fig)
     item = _image_record(loaded, geometry)
