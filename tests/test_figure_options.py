@@ -212,3 +212,12 @@ def test_audit_dashboard_plots_take_the_dpi_and_titles(samples: Path, tmp_path: 
     page = (tmp_path / "out" / "2" / "dashboard.html").read_text(encoding="utf-8")
     assert "<h1>Audit of ds</h1>" in page and "photos" not in page
     assert f"<h1>Audit of {root.as_posix()}</h1>" in (tmp_path / "out" / "1" / "dashboard.html").read_text()
+
+
+def test_no_title_path_keeps_a_name_for_the_current_folder() -> None:
+    """``audit . --no-title-path`` titles its page 'Audit of .', not 'Audit of ' ('.' has no file name)."""
+    from explain.figures import FigureStyle
+
+    style = FigureStyle(title_path=False)
+    assert style.name(".") == "." and style.name("photos/ds") == "ds" and style.name("a/b/cat.jpg") == "cat.jpg"
+    assert FigureStyle().name("a/b/cat.jpg") == "a/b/cat.jpg"
