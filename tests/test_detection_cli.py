@@ -160,3 +160,46 @@ def test_segment_with_a_user_mask(samples, tmp_path):
     result = run("segment", str(samples / "coffee.png"), "--model", "lraspp_mobilenet_v3_large", "--weights",
                  "none", "--mask", str(tmp_path / "mask.png"), "--out", str(out))
     assert result.exit_code == 2 and "--mask needs --target" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["detect", "segment"])
+def test_ctrl_c_keeps_the_finished_photos_in_a_partial_manifest(command, checkpoint, samples, tmp_path, monkeypatch):
+    """detect and segment run their own loop: Ctrl-C printed only "error: interrupted" and listed nothing."""
+    import explain.detection.engine
+    import explain.detection.run
+
+    module, name = ((explain.detection.engine, "explain_detections") if command == "detect"
+                    else (explain.detection.run, "_segment_group"))
+    real, calls = getattr(module, name), []
+
+    def interrupted_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted_after_one)
+    model = (["--model", DETECTOR, "--weights", str(checkpoint[0]), "--classes", str(checkpoint[1]),
+              "--min-size", "160", "--score-threshold", "0"] if command == "detect"
+             else ["--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--num-classes", "3", "--mask",
+                   str(_half_mask(tmp_path)), "--target", "1"])
+    out = tmp_path / "out"
+    photos = [str(samples / name) for name in ("chelsea.png", "coffee.png", "camera.png")]
+    result = runner.invoke(app, [command, *photos, *model, "--batch-size", "1", "--out", str(out), "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert "1 of 3 inputs finished" in result.stderr and "manifest.partial.json" in result.stderr
+    assert not (out / "manifest.json").exists()
+    partial = json.loads((out / "manifest.partial.json").read_text())
+    assert {item["input"] for item in partial["items"]} == {photos[0]}
+    assert all((out / path).is_file() for item in partial["items"] for path in item["outputs"].values()
+               if isinstance(path, str))
+
+
+def _half_mask(folder: Path) -> Path:
+    from PIL import Image
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, :32] = 255
+    path = folder / "mask.png"
+    Image.fromarray(mask).save(path)
+    return path

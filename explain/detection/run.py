@@ -25,7 +25,7 @@ from explain.display import panel_copy
 from explain.errors import InputError, ModelError, UsageError
 from explain.figures import FigureStyle
 from explain.manifest import Manifest, write_bytes, write_npy
-from explain.run import RunSettings, layer_slug, stem_map
+from explain.run import RunSettings, keep_finished_on_interrupt, layer_slug, stem_map
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
@@ -253,31 +253,32 @@ def run_detect(backbone: Backbone, files: Sequence[ImageFile], opts: DetectOptio
         "method": method, "layers": layers, "selection": _selection_record(request, backbone.class_names),
         "images": images})
     backbone.model.to(settings.device)
-    for batch in _photos(files, manifest, settings, backbone.preprocess):
-        if not batch:
-            continue
-        result = explain_detections(backbone.model, [t.to(settings.device) for _, t in batch], request, method,
-                                    layers, photo_sizes=[loaded.image.size for loaded, _ in batch])
-        for i, (loaded, _) in enumerate(batch):
-            stem = stems[loaded.display]
-            geometry = backbone.preprocess.geometry(*loaded.image.size)
-            explained = [m.detection.rank for m in result.maps[i]]
-            boxes = _draw_all(loaded, result.detections[i], backbone.class_names, explained)
-            write_bytes(out / f"{stem}/detections.png", _png(boxes))
-            context = {rank: _draw_all(loaded, result.detections[i], backbone.class_names, [rank], tag_all=False)
-                       for rank in explained}
-            record = {**_image_record(loaded, geometry), "outputs": {"detections": f"{stem}/detections.png"},
-                      "detections": [detection_record(d, backbone.class_names) for d in result.detections[i]]}
-            if result.notes[i]:
-                record["note"] = result.notes[i]
-                manifest.warnings.append(f"{loaded.display}: {result.notes[i]}")
-            images.append(record)
-            for m in result.maps[i]:
-                manifest.items.append(_write_detection(out, stem, loaded, geometry, m, context[m.detection.rank],
-                                                       backbone, opts, method, layers))
-        for warning in result.warnings:
-            if warning not in manifest.warnings:
-                manifest.warnings.append(warning)
+    with keep_finished_on_interrupt(manifest):  # Ctrl-C: the caller keeps the finished items
+        for batch in _photos(files, manifest, settings, backbone.preprocess):
+            if not batch:
+                continue
+            result = explain_detections(backbone.model, [t.to(settings.device) for _, t in batch], request, method,
+                                        layers, photo_sizes=[loaded.image.size for loaded, _ in batch])
+            for i, (loaded, _) in enumerate(batch):
+                stem = stems[loaded.display]
+                geometry = backbone.preprocess.geometry(*loaded.image.size)
+                explained = [m.detection.rank for m in result.maps[i]]
+                boxes = _draw_all(loaded, result.detections[i], backbone.class_names, explained)
+                write_bytes(out / f"{stem}/detections.png", _png(boxes))
+                context = {rank: _draw_all(loaded, result.detections[i], backbone.class_names, [rank], tag_all=False)
+                           for rank in explained}
+                record = {**_image_record(loaded, geometry), "outputs": {"detections": f"{stem}/detections.png"},
+                          "detections": [detection_record(d, backbone.class_names) for d in result.detections[i]]}
+                if result.notes[i]:
+                    record["note"] = result.notes[i]
+                    manifest.warnings.append(f"{loaded.display}: {result.notes[i]}")
+                images.append(record)
+                for m in result.maps[i]:
+                    manifest.items.append(_write_detection(out, stem, loaded, geometry, m, context[m.detection.rank],
+                                                           backbone, opts, method, layers))
+            for warning in result.warnings:
+                if warning not in manifest.warnings:
+                    manifest.warnings.append(warning)
     return manifest
 
 
@@ -381,9 +382,10 @@ def run_segment(backbone: Backbone, files: Sequence[ImageFile], opts: SegmentOpt
     manifest = Manifest(command="segment", argv=settings.argv, model=backbone.manifest_record(), extra={
         "method": method, "layers": layers, "region": "mask" if opts.mask else "predicted", "images": images})
     backbone.model.to(settings.device)
-    for batch in _photos(files, manifest, settings, backbone.preprocess):
-        for group in _same_size(batch):
-            _segment_group(group, backbone, opts, method, layers, classes, out, stems, manifest)
+    with keep_finished_on_interrupt(manifest):
+        for batch in _photos(files, manifest, settings, backbone.preprocess):
+            for group in _same_size(batch):
+                _segment_group(group, backbone, opts, method, layers, classes, out, stems, manifest)
     return manifest
 
 
