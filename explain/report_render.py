@@ -131,18 +131,19 @@ def _bare(axes: Sequence[Any]) -> None:
         ax.set_yticks([])
 
 
-def _colorbar(fig: FigureBase, cmap: Any, low: float, high: float, axes: Any, label: str) -> None:
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    bar = fig.colorbar(ScalarMappable(Normalize(low, high), cmap=cmap), ax=axes, fraction=0.03, pad=0.02,
-                       shrink=0.8)
+def _colorbar(fig: FigureBase, shown: Any, ax: Any, label: str) -> None:
+    """A colour bar right of ``ax``, exactly as tall as the picture in it (an inset of its axes, which fit the
+    picture; a bar made with ``ax=`` is as tall as the layout cell instead, taller than a wide picture)."""
+    bar = fig.colorbar(shown, cax=ax.inset_axes((1.04, 0.0, 0.05, 1.0)))
     bar.set_label(label, fontsize=7)
     bar.ax.tick_params(labelsize=7)
 
 
 def draw_cams(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
     """Grad-CAM++ of each explained class over the full photo, titled with class, probability and score."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from explain.figures import check_colormap, map_to_image, overlay
 
     classes = page.explanation.classes
@@ -154,7 +155,7 @@ def draw_cams(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
         ax.set_title(f"#{cls.rank} {mpl_text(cls.name, 30)} ({cls.index})\np {format_prob(cls.prob)} · score {cls.score:.2f}",
                      fontsize=fontsize)
     _bare(axes)
-    _colorbar(fig, cmap, 0.0, 1.0, list(axes), "Grad-CAM++ (min-max per map)")
+    _colorbar(fig, ScalarMappable(Normalize(0.0, 1.0), cmap=cmap), axes[-1], "Grad-CAM++ (min-max per map)")
 
 
 def draw_gradients(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> None:
@@ -172,11 +173,9 @@ def draw_gradients(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> 
     axes[2].imshow(gradient_rgb(exp.guided_cam))
     axes[2].set_title("guided Grad-CAM++\n(RGB, grey = 0)", fontsize=fontsize)
     shown = axes[3].imshow(magnitude_map(exp.smoothgrad), cmap="gray", vmin=0.0, vmax=1.0)
-    what = f"SmoothGrad (n={info['samples']}, noise {info['noise']:g})" if info["samples"] else "input gradient"
+    what = f"SmoothGrad\n(n={info['samples']}, noise {info['noise']:g})" if info["samples"] else "input gradient"
     axes[3].set_title(f"{what}\nmax over RGB of |g|", fontsize=fontsize)
-    bar = fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.02)
-    bar.set_label(f"/ p{CLIP_PERCENTILE:g} of |g|, clipped", fontsize=7)
-    bar.ax.tick_params(labelsize=7)
+    _colorbar(fig, shown, axes[3], f"/ p{CLIP_PERCENTILE:g} of |g|, clipped")
     _bare(axes)
     top = exp.top
     fig.suptitle(f"top class: {mpl_text(top.name, 60)} ({top.index}) · p {format_prob(top.prob)} · score {top.score:.2f}",
@@ -205,9 +204,7 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     h, w = ch.activation.shape
     axes[0].set_title(f"channel {ch.channel} of {ch.channels} ({h}x{w} units)\n+ strongest unit: {ch.value:.3g} at "
                       f"(y {ch.unit[0]}, x {ch.unit[1]})", fontsize=fontsize)
-    bar = fig.colorbar(shown, ax=axes[0], fraction=0.046, pad=0.02)
-    bar.set_label("activation", fontsize=7)
-    bar.ax.tick_params(labelsize=7)
+    _colorbar(fig, shown, axes[0], "activation")
     up = map_to_image(act01[0], (width, height), (0.0, 0.0, float(width), float(height)))
     axes[1].imshow(image)
     axes[1].imshow(up, cmap=cmap, alpha=0.45, vmin=0.0, vmax=1.0)
@@ -219,7 +216,8 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
         covers = (box[2] - box[0]) * (box[3] - box[1]) >= 0.999 * height * width
         where = ("covers the whole input" if covers else box_beyond_note(box, ch.rf_size)
                  or f"of the {width}x{height} input")
-        axes[1].set_title(f"what that unit sees: {ch.rf_size[1]}x{ch.rf_size[0]} px\n({where})", fontsize=fontsize)
+        where = textwrap.fill(f"({where})", 30)  # a long note would run into the zoom's title
+        axes[1].set_title(f"what that unit sees: {ch.rf_size[1]}x{ch.rf_size[0]} px\n{where}", fontsize=fontsize)
     else:
         axes[1].set_title("channel map over the model input\n(no receptive field for this layer)", fontsize=fontsize)
     axes[1].set_xlim(-0.5, width - 0.5)

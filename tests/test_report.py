@@ -307,3 +307,35 @@ def _page_of(backbone, image, tensor, exp) -> ReportPage:
     loaded = LoadedImage(path=Path("c.png"), display="c.png", image=image, sha256="0" * 64, original_mode="RGB")
     sample = Sample(loaded, tensor, backbone.preprocess.geometry(*image.size))
     return ReportPage.of(sample, exp, backbone, ReportOptions(), "page.html")
+
+
+def test_sheet_colour_bars_fit_their_maps_and_titles_never_overlap(lite0, samples: Path) -> None:
+    """The PDF sheet of chelsea.png: the CAM row's colour bar was a layout cell taller than the maps, the gradient
+    row's "guided Grad-CAM++" and "SmoothGrad (n=16, noise 0.15)" titles ran into each other, and the unit view's
+    "(extends beyond the image, ...)" ran into "the receptive field, zoomed"."""
+    from explain.images import load_image
+    from explain.report_render import pdf_figure
+
+    image = load_image(samples / "chelsea.png").image
+    x = lite0.preprocess(image)[None]
+    (exp,) = Reporter(lite0, ReportOptions(samples=16)).explain(x)
+    assert exp.channel.box is not None and exp.channel.box[2] - exp.channel.box[0] < 83  # clipped by the border
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = pdf_figure(_page_of(lite0, image, x[0], exp))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    from matplotlib.axes import Axes
+
+    every_axes = fig.findobj(Axes)  # the sheet is made of sub-figures
+    bars = [ax for ax in every_axes if getattr(ax, "_colorbar", None) is not None]
+    assert len(bars) == 3  # CAM row, SmoothGrad, channel map
+    for bar in bars:
+        (picture,) = [ax for ax in every_axes if bar in ax.child_axes]
+        assert bar.get_window_extent(renderer).height == pytest.approx(picture.get_window_extent(renderer).height,
+                                                                       abs=1.0)
+    titles = [ax.title.get_window_extent(renderer) for ax in every_axes if ax.get_title()]
+    for i, one in enumerate(titles):
+        for other in titles[i + 1:]:
+            assert not one.overlaps(other), (one, other)
