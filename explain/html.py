@@ -15,6 +15,8 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from explain.manifest import literal_text
+
 __all__ = ["CSP", "Markup", "canvas_data_uri", "esc", "figure_data_uri", "img", "join", "page", "png_data_uri", "table"]
 
 CSP = "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -123,7 +125,7 @@ def figure_data_uri(figure: Any, fmt: str = "png", dpi: int = 110) -> str:
 
     buffer = io.BytesIO()
     try:
-        figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        literal_text(figure).savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(figure)
     mime = "image/svg+xml" if fmt == "svg" else "image/png"
@@ -147,7 +149,7 @@ def canvas_data_uri(figure: Any, fmt: str = "PNG", quality: int = 92) -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    canvas = FigureCanvasAgg(figure)
+    canvas = FigureCanvasAgg(literal_text(figure))
     canvas.draw()
     picture = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
     buffer = io.BytesIO()

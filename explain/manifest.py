@@ -95,6 +95,19 @@ PAPER_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}
 checkers (IEEE PDF eXpress, ACM) reject and which some viewers render poorly."""
 
 
+def literal_text(figure: Any) -> Any:
+    """Make every text of ``figure`` draw as written and return the figure.
+
+    File and class names are user text and may hold ``$``, which matplotlib reads as mathematics (a garbled title, or
+    an error for an unbalanced ``$``); the figures of this package use no mathematics. Every figure is saved through
+    here (:func:`write_figure`, :func:`explain.html.figure_data_uri`, the report's PDF)."""
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
+    return figure
+
+
 def write_figure(path: Path, figure: Any, dpi: int = 150, tight: bool = False) -> Path:
     """Atomically save a matplotlib figure; the format comes from the file suffix (png, svg, pdf).
 
@@ -110,7 +123,7 @@ def write_figure(path: Path, figure: Any, dpi: int = 150, tight: bool = False) -
 
     def save(handle: IO[bytes]) -> None:
         with matplotlib.rc_context(PAPER_FONTS):
-            figure.savefig(handle, format=fmt, dpi=dpi, **extra)
+            literal_text(figure).savefig(handle, format=fmt, dpi=dpi, **extra)
 
     return atomic_write(path, save)
 

@@ -556,7 +556,7 @@ def run_report(
             import matplotlib
             from matplotlib.backends.backend_pdf import PdfPages
 
-            from explain.manifest import PAPER_FONTS
+            from explain.manifest import PAPER_FONTS, literal_text
 
             # the fonts are written when the file closes: TrueType for the whole life of the PdfPages
             with matplotlib.rc_context(PAPER_FONTS), \
@@ -564,7 +564,7 @@ def run_report(
                 def pdf_batch(batch: Any) -> list[dict[str, Any]]:
                     items = []
                     for sample, page in pages(batch):
-                        pdf.savefig(pdf_figure(page))
+                        pdf.savefig(literal_text(pdf_figure(page)))
                         items.append(_item(sample, page.explanation, {"pdf": "report.pdf",
                                                                       "pdf_page": pdf.get_pagecount()}))
                     return items

@@ -85,3 +85,26 @@ def test_heat_maps_default_to_a_perceptually_uniform_colour_map() -> None:
     fig = heatmap_panel(image, np.zeros((10, 20), np.float32), image, "t")
     (heat,) = [ax.get_images()[0] for ax in fig.axes if ax.get_images() and ax.get_images()[0].get_array().ndim == 2]
     assert heat.get_cmap().name.startswith(DEFAULT_COLORMAP)
+
+
+@pytest.mark.parametrize("save", ["write_figure", "figure_data_uri", "canvas_data_uri"])
+def test_user_text_with_dollars_is_drawn_as_written(save: str, tmp_path) -> None:
+    """A class or file name with ``$`` (a ``--classes`` file with "$5 bill", a photo "cost$.jpg") was read as
+    mathematics: a garbled title, or an error for an odd number of ``$`` (segment legends, detect tags, cam titles)."""
+    from matplotlib.figure import Figure
+
+    from explain.html import canvas_data_uri, figure_data_uri
+    from explain.manifest import write_figure
+
+    fig = Figure(figsize=(2, 1))
+    ax = fig.subplots()
+    ax.set_title("cost$.jpg: $5 bill")
+    ax.legend(handles=ax.plot([0, 1], label="a $x^2$ class"))
+    if save == "write_figure":
+        write_figure(tmp_path / "f.png", fig)
+    elif save == "figure_data_uri":
+        figure_data_uri(fig)
+    else:
+        canvas_data_uri(fig)
+    assert not ax.title.get_parse_math()
+    assert not ax.get_legend().get_texts()[0].get_parse_math()
