@@ -23,14 +23,12 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import ParameterInfo
 
 from explain.errors import ExplainError, InputError, ModelError, UsageError
-from explain.manifest import PARTIAL_MANIFEST_NAME
-from explain.run import keep_finished
+from explain.manifest import PARTIAL_MANIFEST_NAME, Manifest, begin_output, check_output_folder, output_lock
+from explain.run import RunInterrupted, RunSettings, keep_finished
 
 if TYPE_CHECKING:
     from explain.backbones.base import Backbone
     from explain.images import ImageFile
-    from explain.manifest import Manifest
-    from explain.run import RunSettings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
@@ -224,8 +222,6 @@ def claim_output(out: Path) -> Path:
     Raises:
         RuntimeError: called outside a command wrapped by :func:`handle_errors` (a programming error).
     """
-    from explain.manifest import check_output_folder, output_lock
-
     check_output_folder(out)
     scope = _SCOPE.get()
     if scope is None:
@@ -608,8 +604,6 @@ def run_image_command(
         targets: the ``--target`` values: a class name taken by a word or a prefix gets a note on stderr (unless
             quiet).
     """
-    from explain.manifest import begin_output
-    from explain.run import RunInterrupted, RunSettings
 
     if run.out is not None:
         claim_output(run.out)  # before the (slow) model load
