@@ -551,7 +551,7 @@ def finish(manifest: Manifest, out: Path | None, as_json: bool, n_ok: int, quiet
         manifest.save(out)
     if as_json:
         sys.stdout.write(manifest.to_json() + "\n")
-    elif out is not None and not quiet:
+    elif out is not None and not quiet and n_ok:  # with nothing produced, the error line below says it all
         stderr_line(f"outputs in {out}{os.sep} (manifest.json lists them)")
     report_warnings(manifest.warnings)
     report_errors(manifest.errors)

@@ -495,3 +495,13 @@ def test_no_title_and_no_title_path(command: tuple[str, ...], samples: Path, tmp
     assert "chelsea" not in texts["--no-title"] and what not in texts["--no-title"]
     assert "model input" in texts["--no-title"] or "input" in texts["--no-title"]  # panel labels stay
     assert "chelsea.png" in texts["--no-title-path"] and str(samples) not in texts["--no-title-path"]
+
+
+def test_a_run_that_produced_nothing_does_not_say_where_its_outputs_are(tmp_path: Path) -> None:
+    """`detect` with nothing found printed "outputs in OUT/ (manifest.json lists them)", then "error: nothing was
+    produced for any input"; the same for any run whose every input failed."""
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    result = run("cam", str(bad), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "outputs in" not in result.stderr and "broken.jpg" in result.stderr
