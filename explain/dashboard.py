@@ -27,6 +27,7 @@ _CSS = """
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 14px; }
 .plots img { width: 100%; height: auto; }
 .plots img.span { grid-column: 1 / -1; max-width: 1000px; }
+.grid figure img { width: auto; max-width: 100%; max-height: 320px; margin: 0 auto; }
 """
 
 DPI_SCALE = 2 / 3

@@ -45,6 +45,8 @@ class PageLoad:
     dialogs: list[str] = field(default_factory=list)
     text: str = ""
     images: int = 0
+    image_sizes: list[tuple[float, float]] = field(default_factory=list)
+    """Each image's rendered (width, height) in CSS pixels."""
 
 
 def chromium_path() -> str | None:
@@ -220,6 +222,9 @@ def _inspect(browser: _Pipe, path: Path, screenshot: Path | None, width: int, ti
 
     result.broken_images = json.loads(evaluate(_BROKEN_IMAGES_JS))
     result.images = int(evaluate("document.images.length"))
+    result.image_sizes = [tuple(size) for size in json.loads(evaluate(
+        "JSON.stringify(Array.from(document.images).map(i => [i.getBoundingClientRect().width, "
+        "i.getBoundingClientRect().height]))"))]
     result.text = evaluate("document.body ? document.body.innerText : ''") or ""
     if screenshot is not None:
         size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]

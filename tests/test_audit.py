@@ -414,6 +414,27 @@ def test_user_text_is_escaped_in_the_dashboard(lite0: Any, samples: Path, tmp_pa
     assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in html
 
 
+def test_a_tall_narrow_worst_example_stays_a_thumbnail(tmp_path: Path) -> None:
+    """A 80x300 photo (Caltech's flamingo/image_0002.jpg) was scaled to the column's width: a picture 1,100 px tall."""
+    from browser import load_page
+    from PIL import Image
+
+    from explain.dashboard import render_dashboard
+    from explain.html import png_data_uri
+
+    records = [rec(name, False, p, true_name="flamingo", pred_name="crane") for name, p in (("tall.jpg", 0.9),
+                                                                                           ("wide.jpg", 0.8))]
+    summary = {"dataset": "ds", "model": "m", "method": "gradcam++", "layer": "l", "counts": {"images": 2, "errors": 0},
+               **summarize(records, [], steps=0, shift=0, worst=3), "errors": [], "warnings": []}
+    pictures = {"tall.jpg": Image.new("RGB", (80, 300), (200, 60, 60)), "wide.jpg": Image.new("RGB", (600, 300))}
+    page = tmp_path / "dashboard.html"
+    page.write_text(render_dashboard(summary, records, {k: png_data_uri(v) for k, v in pictures.items()}))
+    loaded = load_page(page, width=1280)
+    shown = [size for size in loaded.image_sizes if size[0] * 3 < size[1] * 1.1]  # the tall picture's aspect
+    assert shown and all(height <= 320 for _, height in shown), loaded.image_sizes
+    assert any(width >= 250 and abs(height / width - 0.5) < 0.02 for width, height in loaded.image_sizes)
+
+
 def test_faithfulness_translation_and_sanity_are_wired_to_the_metrics(real_audit: Any, lite0: Any) -> None:
     """Recompute the llama's numbers image by image with explain.metrics (batching must not change them)."""
     import zlib
