@@ -58,7 +58,7 @@ from explain.audit_inputs import NO_GROUP, AuditInputs, Box, BoxFile, boxes_to_i
 from explain.audit_summary import _mean, _share, _values, group_gaps
 from explain.audit_task import AuditTask, rounded
 from explain.detection.targets import box_coverage, iou_matrix
-from explain.errors import InputError, TargetError, UsageError
+from explain.errors import InputError, TargetError, UsageError, shortlist
 from explain.figures import FigureStyle
 
 if TYPE_CHECKING:
@@ -637,7 +637,7 @@ def _stray_object_groups(inputs: AuditInputs, truth: dict[str, list[GroundTruthO
                    if path in audited and (path, oid) not in known)
     if not stray:
         return []
-    shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+    shown = shortlist(stray, 3)
     return [f"{len(stray)} per-object group row(s) name no audited object ({shown}); they are ignored"]
 
 

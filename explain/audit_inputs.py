@@ -51,7 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from explain.csvfile import ConflictingRows, csv_rows, read_text
-from explain.errors import InputError, TargetError, UsageError
+from explain.errors import InputError, TargetError, UsageError, shortlist
 
 if TYPE_CHECKING:
     from explain.backbones.base import Geometry
@@ -554,7 +554,7 @@ def _error_key(display: str, root: Path) -> str:
 
 
 def _unmatched(kind: str, source: str, keys: Sequence[str]) -> str:
-    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    shown = shortlist(keys, 3)
     return f"{len(keys)} {kind} row(s) of {source} name no audited image ({shown}); they are ignored"
 
 

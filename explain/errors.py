@@ -75,6 +75,15 @@ _OS_REASONS: tuple[tuple[type[OSError], str], ...] = (
 )
 
 
+def shortlist(items: Iterable[object], most: int) -> str:
+    """Items for a message, comma-separated: at most ``most`` of them, then ``and N more``. Never ``and 1 more``: the
+    one item would take no more room than those words, so it is named."""
+    items = [str(item) for item in items]
+    if len(items) <= most + 1:
+        return ", ".join(items)
+    return ", ".join(items[:most]) + f" and {len(items) - most} more"
+
+
 def os_reason(exc: OSError, other: str = "{}") -> str:
     """Say in words why a file operation failed: the common causes by name, anything else through ``other``
     (a format string given the system's message, e.g. ``"cannot read file: {}"``)."""

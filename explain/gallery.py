@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.csvfile import ConflictingRows, csv_rows
-from explain.errors import InputError, UsageError
+from explain.errors import InputError, UsageError, shortlist
 
 if TYPE_CHECKING:
     import torch
@@ -1123,11 +1123,10 @@ def small_class_notes(sizes: dict[str, int], ks: Sequence[int], most: int = 5) -
     if not affected:
         return []
     short = {name: n - 1 for name, n in sizes.items() if n - 1 < affected[-1]}
-    listed = ", ".join(f"{name} ({n})" for name, n in list(short.items())[:most])
-    more = f" and {len(short) - most} more" if len(short) > most else ""
+    listed = shortlist((f"{name} ({n})" for name, n in short.items()), most)
     classes = "1 class has" if len(short) == 1 else f"{len(short)} classes have"
     return [f"purity at k={', '.join(map(str, affected))} cannot reach 1: {classes} fewer than k other members: "
-            f"{listed}{more}"]
+            f"{listed}"]
 
 
 def evaluate_purity(index: FeatureIndex, ks: Sequence[int] = (1, 5, 10), metric: str = "l2", *,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from explain.errors import TargetError, suggest
+from explain.errors import TargetError, shortlist, suggest
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ _TOPK = re.compile(r"^top(\d+)$", re.IGNORECASE)
 
 def _listed(indices: Sequence[int], class_names: Sequence[str], most: int = 8) -> str:
     """``282 (tiger cat), 283 (Persian cat) and 3 more``."""
-    listed = ", ".join(f"{i} ({class_names[i]})" for i in indices[:most])
-    return listed + (f" and {len(indices) - most} more" if len(indices) > most else "")
+    return shortlist((f"{i} ({class_names[i]})" for i in indices), most)
 
 
 def _matches(text: str, class_names: Sequence[str]) -> tuple[str, list[int]]:

@@ -275,7 +275,7 @@ def test_evaluate_notes_classes_with_fewer_than_k_other_members(built: Path, tmp
     result = run("neighbours", "--index", built, "--out", tmp_path / "a", "--evaluate")
     assert result.exit_code == 0, result.output
     note = ("note: purity at k=8, 10 cannot reach 1: 6 classes have fewer than k other members: dalmatian (5), "
-            "llama (5), panda (5), pizza (5), schooner (5) and 1 more")  # -k 8 (the default), and 1, 5, 10
+            "llama (5), panda (5), pizza (5), schooner (5), soccer_ball (5)")  # -k 8 (the default), and 1, 5, 10
     assert note in result.stderr.splitlines()
     data = json.loads(run("neighbours", "--index", built, "--out", tmp_path / "b", "--evaluate", "--json").stdout)
     assert data["evaluation"]["notes"] == [note.removeprefix("note: ")]

@@ -97,3 +97,13 @@ def test_cli_prints_the_note_unless_quiet(tmp_path: Path) -> None:
     assert told.exit_code == 0 and "note: --target 'catam' is taken as 484 (catamaran)" in told.stderr
     quiet = runner.invoke(app, [*args[:-1], str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0 and "note:" not in quiet.output
+
+
+def test_a_shortlist_names_a_last_item_instead_of_saying_one_more() -> None:
+    """'and 1 more' takes the room of the one name it hides (neighbours --evaluate said '... schooner (5) and 1
+    more')."""
+    from explain.errors import shortlist
+
+    assert shortlist("abcdef", 5) == "a, b, c, d, e, f"
+    assert shortlist("abcdefg", 5) == "a, b, c, d, e and 2 more"
+    assert shortlist([], 3) == "" and shortlist(["x"], 0) == "x"
