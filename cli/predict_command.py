@@ -35,6 +35,17 @@ def predict(
     )
 
 
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def prob_bar(prob: float, width: int = 20) -> str:
+    """A bar ``width`` characters long at probability 1, in eighths of a character: 0.015 is one quarter of a
+    character and 0.001 is nothing (every bar used to be at least one whole block, so 0.000 looked like 0.05)."""
+    eighths = round(max(0.0, min(1.0, prob)) * width * 8)
+    whole, part = divmod(eighths, 8)
+    return ("█" * whole + _EIGHTHS[part]).rstrip()
+
+
 def _print_tables(manifest: Any) -> None:
     from rich.table import Table
 
@@ -44,7 +55,6 @@ def _print_tables(manifest: Any) -> None:
         for col, justify in (("#", "right"), ("class", "right"), ("name", "left"), ("prob", "right"), ("", "left")):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for rank, c in enumerate(item["prediction"], 1):
-            bar = "█" * max(1, round(c["prob"] * 20))
-            table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", bar)
+            table.add_row(str(rank), str(c["index"]), c["name"], f"{c['prob']:.3f}", prob_bar(c["prob"]))
         print_table(table, out)
         out.print()

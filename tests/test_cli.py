@@ -505,3 +505,12 @@ def test_a_run_that_produced_nothing_does_not_say_where_its_outputs_are(tmp_path
     result = run("cam", str(bad), "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert "outputs in" not in result.stderr and "broken.jpg" in result.stderr
+
+
+def test_probability_bars_are_as_long_as_the_probability() -> None:
+    """Every bar was at least one whole block: 0.015, 0.003 and 0.000 all drew '█' (0.05 worth)."""
+    from cli.predict_command import prob_bar
+
+    assert prob_bar(1.0) == "█" * 20 and prob_bar(0.5) == "█" * 10
+    assert prob_bar(0.015) == "▎" and prob_bar(0.003) == "" and prob_bar(0.0) == ""
+    assert prob_bar(0.96) == "█" * 19 + "▎"
