@@ -160,7 +160,7 @@ def _draw_box(ax: Any, box: tuple[float, float, float, float] | None, dashed: bo
 def map_titles(times_input: bool) -> tuple[str, str]:
     """The titles of the magnitude and signed panels: maps of the gradient ``g``, or of gradient x input ``g·x``."""
     drawn = "g·x" if times_input else "g"
-    return f"magnitude  max_c |{drawn}|", f"signed  sum_c {drawn}"
+    return f"magnitude: max_c |{drawn}|", f"signed: sum_c {drawn}"
 
 
 def gradient_panel(
@@ -230,7 +230,7 @@ def gradient_panel(
     magnitude_title, signed_title = map_titles(times_input)
     axes[k].set_title(magnitude_title, fontsize=9)
     bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
-    bar.set_label(f"/ p{CLIP_PERCENTILE:g}, clipped", fontsize=7)
+    bar.set_label(f"{magnitude_title.split(': ')[1]} / its p{CLIP_PERCENTILE:g}, clipped", fontsize=7)
     bar.ax.tick_params(labelsize=7)
     k += 1
     if signed:
@@ -238,7 +238,7 @@ def gradient_panel(
         shown = axes[k].imshow(signed_map(gradient), cmap=cmap, vmin=-1.0, vmax=1.0)
         axes[k].set_title(signed_title, fontsize=9)
         bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
-        bar.set_label(f"/ p{CLIP_PERCENTILE:g} |.|, clipped", fontsize=7)
+        bar.set_label(f"{signed_title.split(': ')[1]} / p{CLIP_PERCENTILE:g} of its |.|, clipped", fontsize=7)
         bar.ax.tick_params(labelsize=7)
         k += 1
     if zoom:

@@ -192,7 +192,7 @@ def test_model_untouched(net, x) -> None:
 def test_panel_titles_say_whether_the_maps_are_of_gradient_x_input(times_input: bool, drawn: str) -> None:
     from explain.guided_run import gradient_panel, map_titles
 
-    assert map_titles(times_input) == (f"magnitude  max_c |{drawn}|", f"signed  sum_c {drawn}")
+    assert map_titles(times_input) == (f"magnitude: max_c |{drawn}|", f"signed: sum_c {drawn}")
     rng = np.random.default_rng(0)
     fig = gradient_panel(rng.random((8, 8, 3)), rng.standard_normal((3, 8, 8)), "title", "Gradient", signed=True,
                          times_input=times_input)
