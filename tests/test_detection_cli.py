@@ -180,7 +180,7 @@ def test_ctrl_c_keeps_the_finished_photos_in_a_partial_manifest(command, checkpo
 
     monkeypatch.setattr(module, name, interrupted_after_one)
     model = (["--model", DETECTOR, "--weights", str(checkpoint[0]), "--classes", str(checkpoint[1]),
-              "--min-size", "160", "--score-threshold", "0"] if command == "detect"
+              "--min-size", "160", "--detection", "1"] if command == "detect"
              else ["--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--num-classes", "3", "--mask",
                    str(_half_mask(tmp_path)), "--target", "1"])
     out = tmp_path / "out"
