@@ -51,7 +51,18 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass.")]
 WorkersOpt = Annotated[int, typer.Option(min=0, help="Processes decoding images in parallel with the model.")]
 SEED_MAX = 2**32 - 1
 """Largest ``--seed``: NumPy's seeds are 32-bit (torch would take 64 bits, NumPy refuses them)."""
-SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (random weights, sampling).")]
+
+
+def _seed_in_range(value: int) -> int:
+    """Refuse a seed NumPy cannot take. Checked here rather than with ``min``/``max``, which Typer prints in the
+    options table as ``[0<=x<=4294967295]``: the widest entry of that column, split over two lines at 80 columns."""
+    if not 0 <= value <= SEED_MAX:
+        raise typer.BadParameter(f"{value} is not a seed: give a whole number from 0 to {SEED_MAX}")
+    return value
+
+
+SeedOpt = Annotated[int, typer.Option(callback=_seed_in_range, help=(
+    f"Random seed (random weights, sampling), 0 to {SEED_MAX}."))]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=(
     "No progress bar, summary tables or notes; errors and warnings still go to stderr. predict keeps its tables: "

@@ -270,3 +270,18 @@ def test_pdf_figures_embed_truetype_fonts(tmp_path: Path) -> None:
     fonts = set(re.findall(rb"/Subtype\s*/(Type3|TrueType|CIDFontType2|Type1)\b", data))
     assert fonts and b"Type3" not in fonts
     assert matplotlib.rcParams["pdf.fonttype"] == before
+
+
+def test_the_seed_range_does_not_widen_the_help_table() -> None:
+    """Typer printed --seed's range as '[0<=x<=4294967295]' in the options table, split over two lines at 80 columns
+    ('[0<=x<=429496729' / '5]'); the range is in the help text now."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    for command in ("audit", "index"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+        assert result.exit_code == 0
+        assert "x<=4294967295" not in result.output and re.search(r"0 to\W+4294967295", result.output), result.output
