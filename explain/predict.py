@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from explain.errors import InputError, UsageError
+from explain.scores import ClassScore, top_classes  # ClassScore stays importable from here (README)
 
 if TYPE_CHECKING:
     import torch
@@ -16,33 +17,6 @@ if TYPE_CHECKING:
     from explain.run import RunSettings
     from explain.images import ImageFile
     from explain.manifest import Manifest
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    """One class of one image: index, name, softmax probability and pre-softmax logit."""
-
-    index: int
-    name: str
-    prob: float
-    logit: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "prob": round(self.prob, 6), "logit": round(self.logit, 4)}
-
-
-def top_classes(logits: torch.Tensor, class_names: Sequence[str], k: int) -> list[list[ClassScore]]:
-    """The ``k`` most probable classes per row of ``logits`` (``(N, C)``), best first."""
-    import torch
-
-    k = min(k, logits.shape[1])
-    probs = torch.softmax(logits.float(), dim=1)
-    top_p, top_i = probs.topk(k, dim=1)
-    top_l = logits.float().gather(1, top_i)
-    rows = []
-    for p_row, i_row, l_row in zip(top_p.tolist(), top_i.tolist(), top_l.tolist()):
-        rows.append([ClassScore(i, class_names[i], p, lg) for p, i, lg in zip(p_row, i_row, l_row)])
-    return rows
 
 
 @dataclass

@@ -3,7 +3,7 @@
 For every image of a batch, :class:`Reporter` collects (all batched through the existing engines, nothing
 re-derived here):
 
-* the top-``k`` predictions (:func:`explain.predict.top_classes`);
+* the top-``k`` predictions (:func:`explain.scores.top_classes`);
 * Grad-CAM++ maps of the three most likely classes at the backbone's default layer
   (:func:`explain.cam.compute_cams`; Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063);
 * guided backpropagation and guided Grad-CAM++ of the top class (:func:`explain.guided.guided_backprop` with
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from explain.images import ImageFile
     from explain.layers import LayerInfo
     from explain.manifest import Manifest
-    from explain.predict import ClassScore
+    from explain.scores import ClassScore
     from explain.run import RunSettings
 
 __all__ = [
@@ -351,7 +351,7 @@ class Reporter:
         """
         from explain.cam import compute_cams
         from explain.guided import guided_backprop
-        from explain.predict import top_classes
+        from explain.scores import top_classes
         from explain.saliency import saliency
         from explain.targets import TopK
 

@@ -170,7 +170,7 @@ def target_slug(target: Any) -> str:
 
 def predictions_of(logits: Any, class_names: Sequence[str], k: int) -> list[list[dict[str, Any]]] | None:
     """The top-``k`` classes of each row of ``logits`` as manifest records (``None`` without logits)."""
-    from explain.predict import top_classes
+    from explain.scores import top_classes  # imports torch
 
     if logits is None:
         return None

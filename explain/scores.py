@@ -20,6 +20,31 @@ from explain.targets import ClassTarget, NeuronTarget, TopK
 Target = ClassTarget | TopK | NeuronTarget
 
 
+@dataclass(frozen=True)
+class ClassScore:
+    """One class of one image: index, name, softmax probability and pre-softmax logit."""
+
+    index: int
+    name: str
+    prob: float
+    logit: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "prob": round(self.prob, 6), "logit": round(self.logit, 4)}
+
+
+def top_classes(logits: torch.Tensor, class_names: Sequence[str], k: int) -> list[list[ClassScore]]:
+    """The ``k`` most probable classes per row of ``logits`` (``(N, C)``), best first."""
+    k = min(k, logits.shape[1])
+    probs = torch.softmax(logits.float(), dim=1)
+    top_p, top_i = probs.topk(k, dim=1)
+    top_l = logits.float().gather(1, top_i)
+    rows = []
+    for p_row, i_row, l_row in zip(top_p.tolist(), top_i.tolist(), top_l.tolist()):
+        rows.append([ClassScore(i, class_names[i], p, lg) for p, i, lg in zip(p_row, i_row, l_row)])
+    return rows
+
+
 def check_targets(targets: Sequence[Target]) -> list[Target]:
     """The targets as a list without repeats (first occurrence kept, so ``--target 282 --target 282`` explains
     class 282 once); an empty list or an object that is not a target is a :class:`UsageError`."""
