@@ -49,22 +49,17 @@ def root(
     """See what convolutional networks see."""
 
 
-app.command("models", cls=HelpCommand)(model_commands.models)
-app.command("layers", cls=HelpCommand)(model_commands.layers)
-app.command("predict", cls=HelpCommand)(predict_command.predict)
-app.command("cam", cls=HelpCommand)(cam_command.cam)
-app.command("guided-backprop", cls=HelpCommand)(guided_command.guided_backprop)
-app.command("saliency", cls=HelpCommand)(guided_command.saliency)
-app.command("filters", cls=HelpCommand)(filters_command.filters)
-app.command("activations", cls=HelpCommand)(filters_command.activations)
-app.command("ascent", cls=HelpCommand)(ascent_command.ascent)
-app.command("index", cls=HelpCommand)(gallery_command.index)
-app.command("neighbours", cls=HelpCommand)(gallery_command.neighbours)
-app.command("tsne", cls=HelpCommand)(gallery_command.tsne)
-app.command("detect", cls=HelpCommand)(detect_command.detect)
-app.command("segment", cls=HelpCommand)(detect_command.segment)
-app.command("audit", cls=HelpCommand)(audit_command.audit)
-app.command("report", cls=HelpCommand)(report_command.report)
+COMMANDS = {
+    "models": model_commands.models, "layers": model_commands.layers, "predict": predict_command.predict,
+    "cam": cam_command.cam, "guided-backprop": guided_command.guided_backprop, "saliency": guided_command.saliency,
+    "filters": filters_command.filters, "activations": filters_command.activations, "ascent": ascent_command.ascent,
+    "index": gallery_command.index, "neighbours": gallery_command.neighbours, "tsne": gallery_command.tsne,
+    "detect": detect_command.detect, "segment": detect_command.segment, "audit": audit_command.audit,
+    "report": report_command.report,
+}
+"""Every command in the order ``--help`` lists them; each reads its ``--help`` cleanly (:class:`HelpCommand`)."""
+for _name, _command in COMMANDS.items():
+    app.command(_name, cls=HelpCommand)(_command)
 
 
 def main() -> None:
