@@ -17,7 +17,8 @@ sub-figure of a PDF page, so both formats show the same panels:
 * **Nearest gallery images** (with an index): thumbnails with rank, distance and label.
 
 Every value a user supplies (file names, class names, gallery paths and labels) is escaped with
-:func:`explain.html.esc` in HTML and has its ``$`` escaped in matplotlib text (where ``$...$`` would be mathtext).
+:func:`explain.html.esc` in HTML, and drawn as written in figures (mathtext is off when a figure is saved:
+:func:`explain.manifest.literal_text`).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ PDF_MARGIN = 12.0 / 25.4
 
 
 def mpl_text(value: object, width: int | None = None) -> str:
-    """User text for a matplotlib title: ``$`` escaped (no mathtext), optionally wrapped to ``width`` characters."""
+    """User text for a matplotlib title, wrapped to ``width`` characters. Its ``$`` stays as it is: every figure is
+    saved with mathtext off (:func:`explain.manifest.literal_text`), where ``\\$`` would be drawn with its
+    backslash."""
     text = str(value)
     if width is not None and len(text) > width:
         text = "\n".join(textwrap.wrap(text, width, break_long_words=True, max_lines=2, placeholder="…"))
-    return text.replace("$", r"\$")
+    return text
 
 
 @dataclass

@@ -172,7 +172,15 @@ def test_user_text_is_escaped_in_pages_and_figures() -> None:
         assert name in text  # the literal names, as text
     assert display in text
     assert all(a.get("onerror") is None for _, a in parsed.tags)
-    assert mpl_text("a$b$c") == r"a\$b\$c"
+    from matplotlib.text import Text
+
+    from explain.manifest import literal_text
+    from explain.report_render import pdf_figure
+
+    drawn = [t for t in literal_text(pdf_figure(report)).findobj(Text) if t.get_text()]
+    assert any("$x$.jpg" in t.get_text() for t in drawn)  # drawn as written: no backslash, no mathematics
+    assert not any(r"\$" in t.get_text() or t.get_parse_math() for t in drawn)
+    assert mpl_text("a$b$c") == "a$b$c"
     index = index_html([_index_entry(report)], [("<b>bad</b>.jpg", "not an image: <oops>")], "tiny")
     parsed = parse_html(index)
     assert "b" not in {tag for tag, _ in parsed.tags}
