@@ -96,6 +96,16 @@ IMAGE_COLUMNS: tuple[str, ...] = (
 DETECTION_GROUP_METRICS: tuple[str, ...] = ("recall", "mean_score", "mean_iou", "mean_energy_in_box")
 
 
+def photo_box(box: Sequence[float], geometry: Any) -> list[float]:
+    """A detection's box, found on the model input (the photo, or its bounded copy when the photo is over 4 MP:
+    :class:`explain.detection.models.DetectionPreprocess`), in the photo's own pixels, as ground-truth boxes are."""
+    width, height = geometry.image_size
+    grid_h, grid_w = geometry.model_input
+    sx, sy = width / grid_w, height / grid_h
+    x0, y0, x1, y1 = box
+    return [rounded(x0 * sx), rounded(y0 * sy), rounded(x1 * sx), rounded(y1 * sy)]
+
+
 def size_bucket(area: float) -> str:
     """COCO's object size: ``"small"`` below 32^2 pixels, ``"medium"`` below 96^2, else ``"large"``."""
     return "small" if area < SMALL_AREA else "medium" if area < MEDIUM_AREA else "large"
@@ -369,18 +379,18 @@ class DetectionTask(AuditTask):
             rows[i].update(matched=j is not None, best_iou=rounded(matching.best_iou[slot]))
             if j is not None:
                 matched[i] = dets[j]
-                rows[i].update(self._detection_fields(dets[j], matching.iou[slot]))
+                rows[i].update(self._detection_fields(dets[j], matching.iou[slot], sample.geometry))
         self._add_energy(rows, matched, visible, x)
         return [self._image_record(key, sample, dets, matching, len(objects)), *rows]
 
     def _object_record(self, key: str, obj: GroundTruthObject, visible: Any, sample: Sample) -> dict[str, Any]:
         x0, y0, x1, y1 = obj.box
         area = (x1 - x0) * (y1 - y0)
-        width, height = sample.geometry.image_size
+        grid_h, grid_w = sample.geometry.model_input  # the photo, or its bounded copy (a photo over 4 MP)
         share = None
         if visible.boxes:
             vx0, vy0, vx1, vy1 = visible.boxes[0]
-            share = rounded((vx1 - vx0) * (vy1 - vy0) / (width * height))
+            share = rounded((vx1 - vx0) * (vy1 - vy0) / (grid_w * grid_h))
         names = self.backbone.class_names
         return {
             "kind": "object", "path": key, "object_id": obj.object_id, "class": obj.label,
@@ -391,9 +401,9 @@ class DetectionTask(AuditTask):
             "pointing_hit": None, "notes": list(visible.notes),
         }
 
-    def _detection_fields(self, d: Detection, iou: float | None) -> dict[str, Any]:
+    def _detection_fields(self, d: Detection, iou: float | None, geometry: Any) -> dict[str, Any]:
         return {"score": rounded(d.score), "iou": rounded(iou), "det_rank": d.rank + 1, "det_class": d.label,
-                "det_name": self.backbone.class_names[d.label], "det_box": [rounded(v) for v in d.box]}
+                "det_name": self.backbone.class_names[d.label], "det_box": photo_box(d.box, geometry)}
 
     def _image_record(self, key: str, sample: Sample, dets: Sequence[Detection], matching: Matching,
                       n_objects: int) -> dict[str, Any]:
@@ -406,7 +416,7 @@ class DetectionTask(AuditTask):
             "false_positives": len(matching.false_positives), "ignored": len(matching.ignored),
             "false_positive_detections": [
                 {"rank": dets[j].rank + 1, "class": dets[j].label, "name": names[dets[j].label],
-                 "score": rounded(dets[j].score), "box": [rounded(v) for v in dets[j].box]}
+                 "score": rounded(dets[j].score), "box": photo_box(dets[j].box, sample.geometry)}
                 for j in matching.false_positives],
             "notes": list(sample.loaded.notes),
         }

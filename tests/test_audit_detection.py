@@ -474,3 +474,22 @@ def test_detection_panel_has_a_labelled_colour_bar_for_maps_only() -> None:
     crop, where = fig.axes[2].get_position(), bar.get_position()
     assert where.x0 > crop.x1 and where.y0 == pytest.approx(crop.y0) and where.y1 == pytest.approx(crop.y1)
     assert detection_panel(image, blend(image, heat), d, "t", "guided").axes[2].child_axes == []  # no scale
+
+
+def test_boxes_and_area_shares_of_a_photo_over_4_megapixels_are_in_the_photos_frame() -> None:
+    """A detector sees a bounded copy of a photo over 4 MP; the audit wrote its detection boxes in the copy's pixels
+    beside ground-truth boxes in the photo's, and divided the copy's box areas by the photo's area."""
+    from explain.audit_detection import photo_box
+    from explain.audit_inputs import boxes_to_input
+    from explain.detection.models import DetectionPreprocess
+
+    geometry = DetectionPreprocess(crop=(800, 800)).geometry(6000, 4000)  # 24 MP
+    grid_h, grid_w = geometry.model_input
+    assert grid_w * grid_h <= 4_000_000 and grid_w < 6000
+    box = (600.0, 400.0, 3600.0, 2400.0)  # a quarter of the photo
+    (visible,) = boxes_to_input([box], geometry).boxes
+    assert photo_box(visible, geometry) == pytest.approx(list(box), abs=0.01)
+    x0, y0, x1, y1 = visible
+    assert (x1 - x0) * (y1 - y0) / (grid_w * grid_h) == pytest.approx(0.25, abs=1e-3)
+    small = DetectionPreprocess(crop=(800, 800)).geometry(640, 480)
+    assert photo_box((1.5, 2.0, 30.25, 40.0), small) == [1.5, 2.0, 30.25, 40.0]
