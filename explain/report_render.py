@@ -216,8 +216,7 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
         centre_y, centre_x = ch.centre if ch.centre is not None else ((box[1] + box[3]) / 2 - 0.5,
                                                                       (box[0] + box[2]) / 2 - 0.5)
         axes[1].plot([centre_x], [centre_y], marker="+", color="#ffd400", markersize=10, mew=2)
-        covers = (box[2] - box[0]) * (box[3] - box[1]) >= 0.999 * height * width
-        where = ("covers the whole input" if covers else box_beyond_note(box, ch.rf_size)
+        where = ("covers the whole input" if _covers_input(page) else box_beyond_note(box, ch.rf_size)
                  or f"of the {width}x{height} input")
         where = textwrap.fill(f"({where})", 30)  # a long note would run into the zoom's title
         axes[1].set_title(f"what that unit sees: {ch.rf_size[1]}x{ch.rf_size[0]} px\n{where}", fontsize=fontsize)
@@ -233,11 +232,23 @@ def draw_channel(fig: FigureBase, page: ReportPage, fontsize: float = 9.0) -> No
     _bare(axes)
 
 
-def _zoomed(page: ReportPage) -> bool:
-    """Whether the channel section zooms on the receptive field (a box smaller than 60 % of the input)."""
+def _box_share(page: ReportPage) -> float | None:
+    """The share of the model input that the unit's receptive field covers (``None`` without a field)."""
     box = page.explanation.channel.box
     height, width = page.model_input.shape[:2]
-    return box is not None and (box[2] - box[0]) * (box[3] - box[1]) < 0.6 * height * width
+    return None if box is None else (box[2] - box[0]) * (box[3] - box[1]) / (height * width)
+
+
+def _zoomed(page: ReportPage) -> bool:
+    """Whether the channel section zooms on the receptive field (a box smaller than 60 % of the input)."""
+    share = _box_share(page)
+    return share is not None and share < 0.6
+
+
+def _covers_input(page: ReportPage) -> bool:
+    """Whether the unit's receptive field covers the whole model input (as every unit of a head layer's does)."""
+    share = _box_share(page)
+    return share is not None and share >= 0.999
 
 
 def draw_neighbours(fig: FigureBase, page: ReportPage, fontsize: float = 7.5) -> None:
@@ -439,7 +450,7 @@ def channel_caption(page: ReportPage) -> str:
         return " ".join(parts)
     height, width = page.model_input.shape[:2]
     size = f"{ch.rf_size[1]}x{ch.rf_size[0]} px"
-    if (ch.box[2] - ch.box[0]) * (ch.box[3] - ch.box[1]) >= 0.999 * height * width:
+    if _covers_input(page):
         parts.append(f"Its receptive field ({size}) covers the whole {width}x{height} input, as every unit of this "
                      "layer does: choose a mid layer with --layer to see a part of the image.")
     else:
