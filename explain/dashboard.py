@@ -1,9 +1,9 @@
 """The audit's HTML dashboard: one self-contained page of numbers, plots and the worst examples.
 
 Built with :mod:`explain.html` (everything user-supplied escaped, images embedded as data URIs, no scripts); plots
-are matplotlib figures (``matplotlib.figure.Figure``, never a window) rendered to PNG data URIs at ``--dpi`` times
-:data:`DPI_SCALE`; under ``--no-title`` the plots have no titles, and under ``--no-title-path`` the page names the
-dataset folder without its parents (:class:`explain.figures.FigureStyle`). The page reads only the summary and the
+are matplotlib figures (``matplotlib.figure.Figure``, never a window) rendered to PNG data URIs at ``--dpi``
+times :data:`~explain.html.SCREEN_DPI_SCALE`; under ``--no-title`` the plots have no titles, and under
+``--no-title-path`` the page names the dataset folder without its parents (:class:`explain.figures.FigureStyle`). The page reads only the summary and the
 records, so it can be rebuilt from ``summary.json`` and ``images.jsonl`` at any time.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from explain.audit_summary import CONFIDENT_PROB, describe_gap, group_count
 from explain.figures import FigureStyle, format_prob
-from explain.html import Markup, esc, figure_data_uri, img, join, page, table
+from explain.html import SCREEN_DPI_SCALE, Markup, esc, figure_data_uri, img, join, page, table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,8 +30,6 @@ _CSS = """
 .grid figure img { width: auto; max-width: 100%; max-height: 320px; margin: 0 auto; }
 """
 
-DPI_SCALE = 2 / 3
-"""The plots' resolution relative to ``--dpi``: 100 dpi at the default 150, for a page on a screen."""
 
 _COLOURS = {"good": "#1f77b4", "bad": "#d62728", "random": "#7f7f7f", "cam": "#ff7f0e"}
 
@@ -78,12 +76,12 @@ def _figure(width: float = 5.6, height: float = 3.2) -> Figure:
 
 
 def _plot(fig: Figure, alt: str, style: FigureStyle = FigureStyle(), cls: str | None = None) -> Markup:
-    """A plot as an ``<img>``: at :data:`DPI_SCALE` of ``--dpi``; under ``--no-title`` without its title (a
-    one-axes plot's title is the axes title)."""
+    """A plot as an ``<img>``: at :data:`~explain.html.SCREEN_DPI_SCALE` of ``--dpi``; under ``--no-title`` without its
+    title (a one-axes plot's title is the axes title)."""
     if not style.title:
         for ax in fig.axes:
             ax.set_title("")
-    return img(figure_data_uri(fig, dpi=style.scaled_dpi(DPI_SCALE)), alt, cls=cls)
+    return img(figure_data_uri(fig, dpi=style.scaled_dpi(SCREEN_DPI_SCALE)), alt, cls=cls)
 
 
 def _column(records: Sequence[dict[str, Any]], key: str,

@@ -95,7 +95,7 @@ class ReportOptions:
         layer: the layer of the CAMs and of the strongest-unit view (``None``: the backbone's default layer for the
             CAMs, and for the unit view the deepest block whose units see at most half the input).
         style: the figures' resolution (PDF pages at ``dpi``, HTML figures at
-            :data:`explain.report_render.HTML_DPI_SCALE` of it), whether they have titles, and whether the page and
+            :data:`explain.html.SCREEN_DPI_SCALE` of it), whether they have titles, and whether the page and
             PDF titles name an input by its path or its file name (:class:`explain.figures.FigureStyle`).
     """
 

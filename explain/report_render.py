@@ -34,7 +34,7 @@ import numpy as np
 
 from explain.activations import activation_colormap, scale_maps
 from explain.figures import box_beyond_note, draw_unit_box, format_prob, hide_titles
-from explain.html import Markup, canvas_data_uri, esc, img, join, png_data_uri, table
+from explain.html import SCREEN_DPI_SCALE, Markup, canvas_data_uri, esc, img, join, png_data_uri, table
 from explain.html import page as html_page
 
 if TYPE_CHECKING:
@@ -52,9 +52,6 @@ __all__ = ["IndexEntry", "ReportPage", "channel_caption", "draw_cams", "draw_cha
 PHOTO_SIDE = 480
 #: Thumbnail side on the index page and for neighbours.
 THUMB_SIDE = 120
-#: Resolution of the figures embedded in HTML pages relative to ``--dpi`` (100 dpi at the default 150: a page on a
-#: screen; ``--dpi 300`` gives 200).
-HTML_DPI_SCALE = 2 / 3
 #: The PDF sheet's paper (A4 portrait, inches) and its print margin on every side: 12 mm, above the 10 mm that
 #: printers and journals ask for, so nothing is cut at the paper's edge.
 A4_INCHES = (8.27, 11.69)
@@ -296,12 +293,12 @@ def _draw_header(fig: FigureBase, page: ReportPage) -> None:
 
 def _standalone(draw: Any, page: ReportPage, size: tuple[float, float]) -> str:
     """Draw one section into its own figure and embed it as a JPEG ``data:`` URI (photos and maps: a PNG would be
-    four times larger; see :func:`~explain.html.canvas_data_uri`), at :data:`HTML_DPI_SCALE` of ``--dpi``, without
+    four times larger; see :func:`~explain.html.canvas_data_uri`), at :data:`SCREEN_DPI_SCALE` of ``--dpi``, without
     its title under ``--no-title``."""
     from matplotlib.figure import Figure
 
     style = page.options.style
-    fig = Figure(figsize=size, layout="constrained", dpi=style.scaled_dpi(HTML_DPI_SCALE))
+    fig = Figure(figsize=size, layout="constrained", dpi=style.scaled_dpi(SCREEN_DPI_SCALE))
     draw(fig, page)
     if not style.title:
         hide_titles(fig)
