@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from explain.errors import LayerError, TargetError, UsageError
-from explain.figures import box_beyond_note, draw_unit_box
+from explain.figures import box_beyond_note, check_colormap, draw_unit_box
 
 if TYPE_CHECKING:
     import torch
@@ -431,7 +431,6 @@ def activation_figure(
     """
     from matplotlib.figure import Figure
 
-    from explain.figures import check_colormap
     from explain.filters import build_mosaic, grid_columns, label_size, to_rgba
 
     raw = np.asarray(maps, dtype=np.float32)
@@ -512,8 +511,6 @@ def receptive_field_figure(
         rf_size: the unclipped theoretical receptive field ``(h, w)``, to say when ``box`` was clipped.
     """
     from matplotlib.figure import Figure
-
-    from explain.figures import check_colormap
 
     cmap = check_colormap(colormap)
     height, width = erf.shape

@@ -115,7 +115,7 @@ class DetectorTrace:
     resized: list[tuple[int, int]]
     originals: list[tuple[int, int]]
     canvas: tuple[int, int]
-    inputs: list[tuple[int, int]] = field(default_factory=list)
+    inputs: list[tuple[int, int]]
 
     def score(self, detection: Detection, component: str = "score") -> torch.Tensor:
         """The differentiable scalar ``Y`` of ``detection`` (see the module docstring)."""
@@ -464,7 +464,7 @@ def _detection_cam(cam: Any, trace: DetectorTrace, d: Detection, value: float, c
         layer_map = _layer_cam(cam, a[i].detach(), gi)
         maps_layer[layer] = layer_map.detach().float().cpu().numpy()
         photo_maps.append(normalize_maps(_to_photo(layer_map.detach(), trace.canvas, trace.resized[i],
-                                                   (trace.inputs or trace.originals)[i])))
+                                                   trace.inputs[i])))
     fused = photo_maps[0] if len(photo_maps) == 1 else torch.stack(photo_maps).mean(0)
     return DetectionMap(detection=d, component=component, value=value, map=fused.cpu().numpy(),
                         maps_layer=maps_layer, notes=notes)

@@ -319,13 +319,14 @@ def _write_detection(out: Path, stem: str, loaded: LoadedImage, geometry: Any, m
     # the map and the photo as drawn have one size: the detector was handed the photo bounded like its drawn copy
     shown = guided_image(m.gradient) if m.gradient is not None else blend(loaded.shown.image, m.map, opts.colormap,
                                                                            opts.alpha)
-    write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), _shown_detection(loaded, d))))
+    drawn = _shown_detection(loaded, d)
+    write_bytes(out / outputs["overlay"], _png(draw_box(to_pil(shown), drawn)))
     name = backbone.class_names[d.label]
     where = METHOD_TITLES[method] + (f" at {', '.join(layers)}" if layers else " (dY/dphoto)")
     title = (f"{opts.style.name(loaded.display)}\n#{d.rank + 1} {name} · confidence {d.score:.2f} · explained: "
              f"{COMPONENT_TEXT[m.component]} = {m.value:.3g}")
     label = f"{METHOD_TITLES[method]} of the {COMPONENT_TEXT[m.component]}, normalised"
-    panel = detection_panel(panel_copy(boxes), shown, _shown_detection(loaded, d), title, where,
+    panel = detection_panel(panel_copy(boxes), shown, drawn, title, where,
                             None if m.gradient is not None else opts.colormap, label)
     opts.style.save(out / outputs["figure"], panel)
     item = _image_record(loaded, geometry)
