@@ -60,6 +60,7 @@ __all__ = [
     "gradient_rgb",
     "image_seed",
     "magnitude_map",
+    "map_formulas",
     "map_titles",
     "resolve_gradient_options",
     "robust_scale",
@@ -157,10 +158,16 @@ def _draw_box(ax: Any, box: tuple[float, float, float, float] | None, dashed: bo
         draw_unit_box(ax, box, style="--" if dashed else "-")
 
 
-def map_titles(times_input: bool) -> tuple[str, str]:
-    """The titles of the magnitude and signed panels: maps of the gradient ``g``, or of gradient x input ``g·x``."""
+def map_formulas(times_input: bool) -> tuple[str, str]:
+    """What the magnitude and signed panels draw: maps of the gradient ``g``, or of gradient x input ``g·x``."""
     drawn = "g·x" if times_input else "g"
-    return f"magnitude: max_c |{drawn}|", f"signed: sum_c {drawn}"
+    return f"max_c |{drawn}|", f"sum_c {drawn}"
+
+
+def map_titles(times_input: bool) -> tuple[str, str]:
+    """The titles of the magnitude and signed panels (:func:`map_formulas`)."""
+    magnitude, signed = map_formulas(times_input)
+    return f"magnitude: {magnitude}", f"signed: {signed}"
 
 
 def gradient_panel(
@@ -227,10 +234,10 @@ def gradient_panel(
     _draw_box(axes[k], box, dashed=True)
     k += 1
     shown = axes[k].imshow(magnitude_map(gradient), cmap="gray", vmin=0.0, vmax=1.0)
-    magnitude_title, signed_title = map_titles(times_input)
+    (magnitude_title, signed_title), formulas = map_titles(times_input), map_formulas(times_input)
     axes[k].set_title(magnitude_title, fontsize=9)
     bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
-    bar.set_label(f"{magnitude_title.split(': ')[1]} / its p{CLIP_PERCENTILE:g}, clipped", fontsize=7)
+    bar.set_label(f"{formulas[0]} / its p{CLIP_PERCENTILE:g}, clipped", fontsize=7)
     bar.ax.tick_params(labelsize=7)
     k += 1
     if signed:
@@ -238,7 +245,7 @@ def gradient_panel(
         shown = axes[k].imshow(signed_map(gradient), cmap=cmap, vmin=-1.0, vmax=1.0)
         axes[k].set_title(signed_title, fontsize=9)
         bar = fig.colorbar(shown, ax=axes[k], fraction=0.046, pad=0.02)
-        bar.set_label(f"{signed_title.split(': ')[1]} / p{CLIP_PERCENTILE:g} of its |.|, clipped", fontsize=7)
+        bar.set_label(f"{formulas[1]} / p{CLIP_PERCENTILE:g} of its |.|, clipped", fontsize=7)
         bar.ax.tick_params(labelsize=7)
         k += 1
     if zoom:

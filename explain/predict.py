@@ -102,9 +102,11 @@ def predict(
             predictions.append(ImagePrediction(loaded.display, loaded.sha256, sample.geometry, top, list(loaded.notes)))
         return []
 
+    def result() -> PredictResult:  # what was predicted so far; for_each_batch records bad files in run.errors
+        return PredictResult(predictions, [InputError(e["input"], e["error"]) for e in run.errors])
+
     try:
-        errors = for_each_batch(backbone, files, run, settings, handle).errors
+        for_each_batch(backbone, files, run, settings, handle)
     except RunInterrupted as exc:  # the predictions made so far, as a predict manifest
-        done = PredictResult(predictions, [InputError(e["input"], e["error"]) for e in run.errors])
-        raise RunInterrupted(done.to_manifest(backbone, settings.argv, top_k)) from exc
-    return PredictResult(predictions, [InputError(e["input"], e["error"]) for e in errors])
+        raise RunInterrupted(result().to_manifest(backbone, settings.argv, top_k)) from exc
+    return result()
