@@ -18,7 +18,7 @@ import re
 import tarfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ _PICKLE_PROTO = 0x80
 _LEGACY_TEXT_MAGIC = b"L119547037146038801333356L"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_TAR_MEMBERS = frozenset({"storages", "tensors", "pickle"})
-_PROTOCOL_WARNING = re.compile(r"Detected pickle protocol (\d+) in the checkpoint")
 _OTHER_FORMATS = (
     (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
     (b"%PDF", "a PDF document"), (b"\x1f\x8b", "gzip-compressed data"), (b"PK\x05\x06", "an empty zip archive"),
@@ -91,17 +90,16 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - any failure of the TorchScript loader is a bad file
             raise ModelError(f"cannot load TorchScript archive {str(path)!r}: {_first_line(exc)}") from exc
-    protocol: list[int] = []
     try:
-        with _protocol_warning(protocol):
+        with _quiet_protocol_warning():
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refusal: pickle.UnpicklingError = exc
     except Exception as exc:  # noqa: BLE001 - zip/pickle/struct/EOF errors of a sniffed checkpoint: damage
         raise _corrupt(path, exc) from exc
-    imports = _check_pickle_well_formed(path, kind)
+    scan = _check_pickle_well_formed(path, kind)
     if not trust:
-        reason = _refusal_reason(refusal, imports, protocol)
+        reason = _refusal_reason(refusal, scan.imports, scan.protocol)
         advice = "Re-save it with torch.save's default protocol" if "pickle protocol" in reason else \
             "Save a state_dict instead"
         raise UnsafeCheckpointError(
@@ -109,37 +107,19 @@ def read_checkpoint(path: Path, trust: bool = False) -> Any:
             "made the file"
         ) from refusal
     try:
-        with _protocol_warning([]):
+        with _quiet_protocol_warning():
             return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise ModelError(f"cannot read trusted checkpoint {str(path)!r}: {_first_line(exc)}") from exc
 
 
 @contextlib.contextmanager
-def _protocol_warning(protocol: list[int]) -> Iterator[None]:
-    """Keep torch's "Detected pickle protocol N in the checkpoint" UserWarning off the terminal.
-
-    ``torch.load`` emits it for checkpoints saved with ``pickle_protocol`` above 2; the number it names is appended
-    to ``protocol`` so that a refusal can say why the safe loader failed (its own message only names an opcode).
-    Other warnings pass through unchanged.
-    """
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # type: ignore[assignment]
-            warnings.simplefilter("always")
-            yield
-    finally:  # outside the catching block: the other warnings are re-emitted to the caller's filters
-        _sort_warnings(caught, protocol)
-
-
-def _sort_warnings(caught: list[warnings.WarningMessage], protocol: list[int]) -> None:
-    """Record the protocol warnings of :func:`_protocol_warning` and re-emit every other warning."""
-    for warning in caught:
-        found = _PROTOCOL_WARNING.search(str(warning.message))
-        if found:
-            protocol.append(int(found.group(1)))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+def _quiet_protocol_warning() -> Iterator[None]:
+    """Keep torch's "Detected pickle protocol N in the checkpoint" UserWarning off the terminal; a refusal names the
+    protocol itself, read from the pickle's ``PROTO`` opcode (:func:`_scan_pickles`). Other warnings pass through."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
 
 
 def _check_container(path: Path) -> str:
@@ -206,7 +186,7 @@ def _check_legacy_tar(path: Path) -> None:
                          f"{'/'.join(sorted(_LEGACY_TAR_MEMBERS))} members)")
 
 
-def _check_pickle_well_formed(path: Path, kind: str) -> list[str]:
+def _check_pickle_well_formed(path: Path, kind: str) -> _PickleScan:
     """Walk the pickle opcodes the safe loader refused, without running them; a malformed stream is damage.
 
     For a zip checkpoint that is its ``data.pkl``; for a legacy one, the consecutive pickles at the start of
@@ -214,7 +194,8 @@ def _check_pickle_well_formed(path: Path, kind: str) -> list[str]:
     Legacy tar archives are not scanned.
 
     Returns:
-        The ``module.name`` globals the pickles import (empty for a tar archive).
+        What the scan saw: the ``module.name`` globals the pickles import and their protocol (nothing for a tar
+        archive).
 
     Raises:
         ModelError: the pickle is cut short or has invalid opcodes.
@@ -226,21 +207,23 @@ def _check_pickle_well_formed(path: Path, kind: str) -> list[str]:
                 if not names:
                     raise _corrupt(path, "the zip archive holds no data.pkl")
                 with archive.open(names[0]) as stream:
-                    return _scan_pickles(stream, limit=1).imports
+                    return _scan_pickles(stream, limit=1)
         if kind == "pickle":
             with open(path, "rb") as stream:
-                return _scan_pickles(stream, limit=4).imports
+                return _scan_pickles(stream, limit=4)
     except (ValueError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise _corrupt(path, f"pickle data cut short or malformed: {_first_line(exc)}") from exc
-    return []
+    return _PickleScan()
 
 
 @dataclass
 class _PickleScan:
-    """What :func:`_scan_pickles` saw: integer constants and imported globals (``module.name``)."""
+    """What :func:`_scan_pickles` saw: integer constants, imported globals (``module.name``) and the highest pickle
+    protocol (its ``PROTO`` opcode; 0 for protocols 0 and 1, which have none)."""
 
     numbers: set[int] = field(default_factory=set)
     imports: list[str] = field(default_factory=list)
+    protocol: int = 0
 
 
 def _scan_pickles(stream: io.BufferedIOBase, limit: int) -> _PickleScan:
@@ -257,6 +240,8 @@ def _scan_pickles(stream: io.BufferedIOBase, limit: int) -> _PickleScan:
         if index and not stream.peek(1):
             break
         for opcode, arg, _ in pickletools.genops(stream):
+            if opcode.name == "PROTO":
+                scan.protocol = max(scan.protocol, arg)
             if isinstance(arg, int) and not isinstance(arg, bool):
                 scan.numbers.add(arg)
             elif isinstance(arg, str) and opcode.name == "GLOBAL":
@@ -274,13 +259,13 @@ def _corrupt(path: Path, reason: BaseException | str) -> ModelError:
     return ModelError(f"truncated or corrupt checkpoint {str(path)!r} ({detail}); save or copy it again")
 
 
-def _refusal_reason(exc: BaseException, imports: list[str], protocol: Sequence[int] = ()) -> str:
+def _refusal_reason(exc: BaseException, imports: list[str], protocol: int = 0) -> str:
     """Word why the safe loader refused a well-formed pickle, naming the code it would run when known.
 
     Torch's own message names the offending global for a ``GLOBAL`` opcode; for ``STACK_GLOBAL`` (which it
     does not support at all) the globals seen by the scan stand in, minus torch's and ``collections``' own.
-    A pickle that runs no code but was saved with a protocol the safe loader cannot parse (``protocol``, as torch
-    detected it) says so, and how to re-save it.
+    A pickle that runs no code but was saved with a protocol the safe loader cannot parse (``protocol``, from the
+    pickle's ``PROTO`` opcode) says so, and how to re-save it.
     """
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -291,8 +276,8 @@ def _refusal_reason(exc: BaseException, imports: list[str], protocol: Sequence[i
         suspects = [name for name in dict.fromkeys(imports) if not name.startswith(("torch.", "collections."))]
     if suspects:
         return f"it contains Python objects that would run code when loaded (needs {', '.join(suspects[:3])})"
-    if protocol and max(protocol) > 2:
-        return f"it was saved with pickle protocol {max(protocol)}, which PyTorch's safe loader cannot read"
+    if protocol > 2:
+        return f"it was saved with pickle protocol {protocol}, which PyTorch's safe loader cannot read"
     for marker in ("Unsupported", "unsupported", "Cannot use weights_only"):
         line = next((ln.strip() for ln in text.splitlines() if marker in ln), None)
         if line:
