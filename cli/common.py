@@ -23,7 +23,7 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from typer.models import ParameterInfo
 
 from explain.errors import ExplainError, InputError, ModelError, UsageError
-from explain.manifest import PARTIAL_MANIFEST_NAME, Manifest, begin_output, check_output_folder, output_lock
+from explain.manifest import PARTIAL_MANIFEST_NAME, Manifest, begin_output, output_lock
 from explain.run import RunInterrupted, RunSettings, keep_finished
 
 if TYPE_CHECKING:
@@ -226,14 +226,14 @@ def _command_scope() -> Iterator[None]:
 
 
 def claim_output(out: Path) -> Path:
-    """Check the output folder before the model loads (:func:`explain.manifest.check_output_folder`) and hold it
-    (:func:`explain.manifest.output_lock`) until the command ends, so that a second run into the same folder stops at
-    once with "OUT is in use by another cnn-explain run (pid N)" instead of overwriting this one's files.
+    """Check the output folder before the model loads and hold it until the command ends
+    (:func:`explain.manifest.output_lock`, which checks it as :func:`explain.manifest.check_output_folder` does), so
+    that a second run into the same folder stops at once with "OUT is in use by another cnn-explain run (pid N)"
+    instead of overwriting this one's files.
 
     Raises:
         RuntimeError: called outside a command wrapped by :func:`handle_errors` (a programming error).
     """
-    check_output_folder(out)
     scope = _SCOPE.get()
     if scope is None:
         raise RuntimeError("claim_output() needs a command wrapped by handle_errors")

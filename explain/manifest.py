@@ -181,25 +181,26 @@ def check_output_folder(out: str | Path) -> Path:
     out = Path(out)
     if _check_existing(out):
         return out
-    missing: list[Path] = []
-    folder = out
-    while not os.path.lexists(folder) and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
     created: list[Path] = []
     try:
-        for folder in reversed(missing):
+        for folder in reversed(_missing_folders(out)):
             folder.mkdir()
             created.append(folder)
     except OSError as exc:
         raise _folder_error(out, exc) from None
     finally:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:  # pragma: no cover - someone put a file there meanwhile: leave it
-                break
+        _remove_empty(created[::-1])
     return out
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist, innermost first."""
+    missing: list[Path] = []
+    folder = out
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def begin_output(out: str | Path) -> Path:
@@ -275,13 +276,13 @@ def output_lock(out: str | Path) -> Iterator[Path]:
 
     Raises:
         OutputInUseError: ``"OUT is in use by another cnn-explain run (pid N)"``.
-        UsageError: the folder cannot be created.
+        UsageError: the folder cannot be used or created (the messages of :func:`check_output_folder`).
     """
     out = Path(out)
     if fcntl is None:  # pragma: no cover - Windows
-        yield out
+        yield check_output_folder(out)
         return
-    created = [folder for folder in (out, *out.parents) if not os.path.lexists(folder)]
+    created = [] if _check_existing(out) else _missing_folders(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -303,7 +304,7 @@ def output_lock(out: str | Path) -> Iterator[Path]:
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
-    """Remove ``folders`` (innermost first) while they are empty."""
+    """Remove ``folders`` (innermost first) while they are empty (a file put there meanwhile stops it)."""
     for folder in folders:
         try:
             folder.rmdir()
