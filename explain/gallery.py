@@ -377,33 +377,25 @@ def check_same_gallery(index: FeatureIndex, gallery: str | Path) -> None:
 # Labels
 
 
-def parse_labels(source: LabelSource, root: Path, paths: Sequence[str]) -> tuple[dict[str, tuple[str, str | None]],
-                                                                                  list[str]]:
-    """Labels of gallery files: ``({relative path: (label, class_name)}, warnings)``.
+LabelRows = list[tuple[str, tuple[str, str | None]]]
+"""The rows of a labels CSV: ``(path relative to the gallery, (label, class_name))``, in file order."""
 
-    ``folders``: the first sub-folder of each path is its label (files directly in the gallery folder have none).
-    ``csv``: columns ``path`` and ``label`` (header required), optional ``class_name``; other columns are ignored.
-    Paths are relative to the gallery folder (absolute paths inside it work too). A path listed twice with different
-    labels (or class names) is refused, whether or not it is a gallery image: neither row is more likely right.
+
+def read_label_rows(source: LabelSource, root: Path) -> LabelRows:
+    """The rows of a ``csv`` labels source (columns ``path`` and ``label``, header required, optional
+    ``class_name``; other columns are ignored). Paths are relative to the gallery folder (absolute paths inside it
+    work too). A path listed twice with different labels (or class names) is refused, whether or not it is a gallery
+    image: neither row is more likely right.
 
     Raises:
         UsageError: the CSV cannot be read, lacks the columns, or gives a path different labels (the message
             names the lines, the paths and the labels).
     """
-    if source.kind == "folders":
-        labels = {}
-        for p in paths:
-            parts = PurePosixPath(p).parts
-            if len(parts) > 1:
-                labels[p] = (parts[0], parts[0])
-        return labels, []
-    assert source.path is not None
+    assert source.kind == "csv" and source.path is not None
     _, rows = csv_rows(source.path, "labels", "path,label[,class_name]", required=("path", "label"))
-    labels: dict[str, tuple[str, str | None]] = {}
-    unknown = 0
-    wanted = set(paths)
     root_abs = root.resolve()
     duplicates = ConflictingRows(source.path.name, "labels")
+    found: LabelRows = []
     conflicts = []
     for line, row, _ in rows:
         raw, label = row.get("path", ""), row.get("label", "")
@@ -415,13 +407,36 @@ def parse_labels(source: LabelSource, root: Path, paths: Sequence[str]) -> tuple
         conflict = duplicates.add(rel, line, value, shown)
         if conflict is not None:
             conflicts.append(f"{rel}: {conflict}")
-        if rel not in wanted:
-            unknown += 1
-            continue
-        labels[rel] = value
+        found.append((rel, value))
     if conflicts:
         raise UsageError(f"--labels {str(source.path)!r} gives {len(conflicts)} path(s) different labels ("
                          f"{'; '.join(conflicts[:3])}{'; ...' if len(conflicts) > 3 else ''}): keep one row per image")
+    return found
+
+
+def parse_labels(source: LabelSource, root: Path, paths: Sequence[str], rows: LabelRows | None = None
+                 ) -> tuple[dict[str, tuple[str, str | None]], list[str]]:
+    """Labels of gallery files: ``({relative path: (label, class_name)}, warnings)``.
+
+    ``folders``: the first sub-folder of each path is its label (files directly in the gallery folder have none).
+    ``csv``: the rows of :func:`read_label_rows` (``rows`` when they were read already) that name one of ``paths``;
+    the others are counted in a warning.
+
+    Raises:
+        UsageError: see :func:`read_label_rows`.
+    """
+    if source.kind == "folders":
+        labels = {}
+        for p in paths:
+            parts = PurePosixPath(p).parts
+            if len(parts) > 1:
+                labels[p] = (parts[0], parts[0])
+        return labels, []
+    assert source.path is not None
+    rows = read_label_rows(source, root) if rows is None else rows
+    wanted = set(paths)
+    labels = {rel: value for rel, value in rows if rel in wanted}
+    unknown = sum(rel not in wanted for rel, _ in rows)
     warnings = []
     if unknown:
         warnings.append(f"{unknown} row(s) of {source.path.name} name files that are not (readable) gallery images")
@@ -813,8 +828,9 @@ def build_index(
     resolve_layer(backbone.model, layer)
     model_record = backbone_record(backbone, weights_arg)
     source = LabelSource.parse(labels)
-    if labels is not None and source is not None:
-        parse_labels(source, root, ())  # a bad labels file is refused before anything is embedded
+    rows = None  # a bad labels file is refused before anything is embedded
+    if labels is not None and source is not None and source.kind == "csv":
+        rows = read_label_rows(source, root)
 
     old: FeatureIndex | None = None
     folder = Path(out_dir) if out_dir is not None else None
@@ -897,7 +913,7 @@ def build_index(
             label_warnings = [f"labels file {source.path} no longer exists: kept the stored labels (new images "
                               "have none; pass --labels to change them)"]
         else:
-            label_map, label_warnings = parse_labels(source, root, [e.path for e in entries])
+            label_map, label_warnings = parse_labels(source, root, [e.path for e in entries], rows)
         update.warnings.extend(label_warnings)
         entries = [GalleryEntry(e.path, e.size, e.mtime_ns, e.sha256, *label_map.get(e.path, (None, None)))
                    for e in entries]
