@@ -164,8 +164,9 @@ def resolve_detect_options(backbone: Backbone, opts: DetectOptions) -> tuple[str
 
 
 def _photos(files: Sequence[ImageFile], manifest: Manifest, settings: RunSettings,
-            preprocess: Callable[[Any], Any]) -> Iterator[list[tuple[LoadedImage, Any]]]:
-    """Decode ``files`` ``batch_size`` at a time; bad files become manifest errors (the run goes on)."""
+            preprocess: Callable[[LoadedImage], Any]) -> Iterator[list[tuple[LoadedImage, Any]]]:
+    """Decode ``files`` ``batch_size`` at a time and make each one's model input with ``preprocess``; bad files
+    become manifest errors (the run goes on)."""
     from explain.images import load_image
 
     batch: list[tuple[LoadedImage, Any]] = []
@@ -174,7 +175,7 @@ def _photos(files: Sequence[ImageFile], manifest: Manifest, settings: RunSetting
         pending += 1
         try:
             loaded = load_image(file.path, display=file.display)
-            batch.append((loaded, preprocess(loaded.image)))
+            batch.append((loaded, preprocess(loaded)))
         except InputError as exc:
             manifest.add_error(exc.path, exc.reason)
         except Exception as exc:  # noqa: BLE001 - any failure here belongs to this file only
@@ -254,7 +255,8 @@ def run_detect(backbone: Backbone, files: Sequence[ImageFile], opts: DetectOptio
         "images": images})
     backbone.model.to(settings.device)
     with keep_finished_on_interrupt(manifest):  # Ctrl-C: the caller keeps the finished items
-        for batch in _photos(files, manifest, settings, backbone.preprocess):
+        # the detector's preprocessing bounds a photo exactly as its drawn copy is bounded: made once, used for both
+        for batch in _photos(files, manifest, settings, lambda loaded: backbone.preprocess(loaded.shown.image)):
             if not batch:
                 continue
             result = explain_detections(backbone.model, [t.to(settings.device) for _, t in batch], request, method,
@@ -384,7 +386,7 @@ def run_segment(backbone: Backbone, files: Sequence[ImageFile], opts: SegmentOpt
         "method": method, "layers": layers, "region": "mask" if opts.mask else "predicted", "images": images})
     backbone.model.to(settings.device)
     with keep_finished_on_interrupt(manifest):
-        for batch in _photos(files, manifest, settings, backbone.preprocess):
+        for batch in _photos(files, manifest, settings, lambda loaded: backbone.preprocess(loaded.image)):
             for group in _same_size(batch):
                 _segment_group(group, backbone, opts, method, layers, classes, out, stems, manifest)
     return manifest
