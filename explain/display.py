@@ -97,9 +97,16 @@ def panel_copy(picture: Any, max_pixels: int = PANEL_MAX_PIXELS) -> Any:
         return picture
     smooth = np.issubdtype(picture.dtype, np.floating)
     planes = [picture] if picture.ndim == 2 else [picture[..., c] for c in range(picture.shape[2])]
-    resized = []
-    for plane in planes:
-        mode, data = ("F", plane.astype(np.float32)) if smooth else ("I", plane.astype(np.int32))
-        image = PILImage.fromarray(data, mode=mode).resize(size, PILImage.BILINEAR if smooth else PILImage.NEAREST)
-        resized.append(np.asarray(image).astype(picture.dtype))
+    resized = [resize_plane(plane, size, smooth).astype(picture.dtype) for plane in planes]
     return resized[0] if picture.ndim == 2 else np.stack(resized, axis=-1)
+
+
+def resize_plane(plane: Any, size: tuple[int, int], smooth: bool) -> Any:
+    """A 2-D array resized to ``size`` ``(width, height)``: bilinear in float32 when ``smooth`` (maps), else nearest
+    neighbour in int32 (class indices, masks)."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    mode, data = ("F", np.asarray(plane, dtype=np.float32)) if smooth else ("I", np.asarray(plane).astype(np.int32))
+    return np.asarray(PILImage.fromarray(data, mode=mode).resize(size, PILImage.BILINEAR if smooth else
+                                                                 PILImage.NEAREST))

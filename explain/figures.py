@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from explain.display import resize_plane
 from explain.errors import UsageError
 from explain.manifest import write_figure
 
@@ -165,13 +166,10 @@ def map_to_image(map01: np.ndarray, image_size: tuple[int, int], crop_box: Seque
         ``(height, width)`` float32 array: the map resized (bilinear) to the crop box and pasted at its place;
         ``NaN`` where the model saw nothing (outside the crop).
     """
-    from PIL import Image as PILImage
-
     width, height = image_size
     x0, y0, x1, y1 = crop_box
     box_w, box_h = max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0)))
-    resized = np.asarray(PILImage.fromarray(np.asarray(map01, dtype=np.float32), mode="F")
-                         .resize((box_w, box_h), PILImage.BILINEAR))
+    resized = resize_plane(map01, (box_w, box_h), smooth=True)
     full = np.full((height, width), np.nan, dtype=np.float32)
     ox, oy = int(round(x0)), int(round(y0))
     sx0, sy0 = max(0, -ox), max(0, -oy)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from explain.display import panel_copy
+from explain.display import panel_copy, resize_plane
 from explain.errors import InputError, ModelError, UsageError
 from explain.figures import FigureStyle
 from explain.manifest import Manifest, write_bytes, write_npy
@@ -441,9 +441,7 @@ def _segment_group(group: list[tuple[LoadedImage, Any]], backbone: Backbone, opt
 
 
 def _class_map_to_photo(predicted: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image as PILImage
-
-    return np.asarray(PILImage.fromarray(predicted.astype(np.int32), mode="I").resize(photo_size, PILImage.NEAREST))
+    return resize_plane(predicted, photo_size, smooth=False)
 
 
 def _class_picture(predicted: np.ndarray, class_names: Sequence[str]) -> Any:
